@@ -1,0 +1,21 @@
+#!/bin/sh
+# deps.sh - install what orderd needs to build, run and test on Debian 12.
+# Used by the README's commands and by CI, so the list lives in one place.
+#   build:   autotools, pkg-config, a C compiler
+#   core:    libconfig (config files), jansson (JSON), libmicrohttpd (admin API)
+#   plugins: libmicrohttpd (http), SQLite (sqlite), libcurl + OpenSSL (webhook,
+#            enrich), Qpid Proton-C (servicebus)
+#   tests:   Check (unit tests), curl and python3 (integration tests' clients
+#            and receivers), wrk and nginx-light (benchmarks)
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+if [ "$(id -u)" -ne 0 ]; then
+    echo "deps.sh: run as root (apt-get install)" >&2
+    exit 1
+fi
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    ca-certificates git build-essential autoconf automake libtool pkg-config \
+    libconfig-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev \
+    libcurl4-openssl-dev libssl-dev libqpid-proton11-dev \
+    check curl python3 procps openssl ${ORDERD_EXTRA_PACKAGES:-} >/dev/null

@@ -1,0 +1,59 @@
+/* msg.h - the message envelope and the host function table plugins get. */
+#ifndef OD_MSG_H
+#define OD_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <orderd/plugin.h>
+
+struct od_pipe;
+
+struct od_prop {
+    char *key;
+    char *value;
+};
+
+struct orderd_msg {
+    char            *id;
+    json_t          *body;
+    struct od_prop  *props;
+    size_t           nprops;
+    char            *content_type;
+    char            *partition_key;
+    int64_t          enqueued_ms;
+    uint32_t         delivery_count;
+    void            *input_ptr;
+    uint64_t         input_u64;
+
+    /* outcome details recorded by retry()/reject()/settle() */
+    char            *reason;
+    uint32_t         retry_after_ms;
+
+    /* engine bookkeeping */
+    struct orderd_inst *origin;      /* the input that submitted it */
+    size_t           stage;          /* index of the next stage to run */
+    uint32_t         attempts;       /* failed tries of the current stage */
+    int64_t          due_ms;         /* retry heap: when to run again */
+    int64_t          start_ns;       /* when the current stage started */
+    uint64_t         spool_seq;      /* record in the pipeline's spool, 0 if none */
+    int              has_spool;
+    struct orderd_msg *next;         /* ready-queue link */
+    struct orderd_msg *all_prev;     /* every message in flight, so shutdown */
+    struct orderd_msg *all_next;     /* can find the ones a plugin still holds */
+};
+
+/* The full table plugins get (host.c), and where host->state_dir() points. */
+const orderd_host *od_host_table(void);
+void od_host_set_state_dir(const char *dir);
+extern const orderd_host od_msg_host_part; /* message members only (msg.c) */
+
+orderd_msg *od_msg_new(json_t *body);
+void        od_msg_free(orderd_msg *m);
+int         od_msg_set_reason(orderd_msg *m, const char *reason);
+
+/* Envelope <-> JSON object (for the spool and the dead-letter area):
+ * {"id","body","properties":{},"content_type","partition_key","enqueued_ms","delivery_count"} */
+json_t     *od_msg_to_json(const orderd_msg *m);
+orderd_msg *od_msg_from_json(const json_t *j);
+
+#endif

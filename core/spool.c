@@ -1,0 +1,1278 @@
+/* spool.c - the durable on-disk queue in front of a pipeline (contract in spool.h).
+ *
+ * ON DISK.  One directory per spool:
+ *
+ *     lock                       flock()ed while open: one process per spool
+ *     seg-<16 hex first seq>.log records, append-only
+ *     seg-<16 hex first seq>.ack completed seqs of that segment, append-only
+ *
+ * A record is a 24-byte header then the payload; all fields little-endian:
+ *
+ *     0  magic "ODSP"    4  payload length    8  seq (u64)
+ *     16 crc32c(payload) 20 crc32c(bytes 0..19)
+ *
+ * The header has its own checksum so a scan can trust `len` before reading
+ * the payload, and can resynchronise on the next valid header after damage.
+ * Within a segment seqs are consecutive from the segment's first seq in file
+ * order (after a failed write the next batch starts a new segment), so the
+ * n-th record sits at offset >= n * 24; recovery uses that bound to reject
+ * impossible seqs and to size the index.
+ *
+ * An ack entry is 16 bytes {seq, ~seq}: a torn or zero-filled entry after a
+ * power loss fails the check and is ignored.  Acks are not fsynced: losing one
+ * only means that record is delivered again after a restart, which
+ * downstream stages tolerate (they are idempotent on the message id).
+ *
+ * GROUP COMMIT.  An appender checksums its payload without the lock, then
+ * under the lock takes a seq and queues itself.  If no write is in progress
+ * it becomes the leader: it takes the queued requests (up to a segment's
+ * worth), drops the lock, writes them with pwritev and issues ONE fdatasync,
+ * retakes the lock, indexes the records, marks every request done and wakes
+ * everybody; a waiter whose request is still queued then leads the next
+ * group.  So N concurrent appends cost about one fsync.  Records are indexed
+ * (visible to od_spool_next) only once durable.
+ *
+ * MEMORY.  Payloads stay on disk.  Each segment keeps, per seq, its
+ * {offset, length} (8 bytes) and a state byte (ready / handed out / done):
+ * 9 bytes per record.  od_spool_next preads the record and verifies both
+ * checksums again.  A cursor walks seqs in order; requeued seqs go to a
+ * min-heap so they come back before later ones.
+ *
+ * SPACE.  `bytes` is the sum of segment file sizes (ack files not counted).
+ * An append that would push bytes + queued bytes past max_bytes fails with
+ * -ENOSPC.  A sealed segment with every record completed is deleted (log
+ * first, then ack, so a crash in between only redelivers).  The active
+ * segment is never deleted, but when every record in it is completed and the
+ * limit is hit, the next write rolls to a new segment so the old one can go.
+ * A single record over 1 GiB is refused with -EMSGSIZE (offsets are 32-bit);
+ * segment_bytes is capped at 1 GiB for the same reason.
+ *
+ * RECOVERY.  od_spool_open scans segments in seq order, verifying every
+ * record.  Damage followed by a valid record is skipped (logged as an error);
+ * damage with nothing valid after it in the last segment is a torn tail and
+ * is truncated away (logged with the byte count); in an older segment it is
+ * left alone (the file goes when its records are completed).  Acks are then
+ * applied, fully completed old segments deleted, and the next seq chosen
+ * above every seq seen in records or acks, so a seq is never reused for a
+ * new record while an ack for an older one may survive.
+ *
+ * LOCKING.  One mutex guards the index, queue and counters; file writes,
+ * fdatasync and payload reads run without it.  Only the leader writes to a
+ * segment, and a segment being read is pinned by a reference count.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "spool.h"
+#include "util.h"
+
+#define SPOOL_MAGIC       0x5053444fu           /* "ODSP" as little-endian bytes */
+#define SPOOL_HDR         24u
+#define SPOOL_ACK         16u
+#define SPOOL_MAX_RECORD  (1u << 30)            /* offsets and lengths fit in 32 bits */
+#define SPOOL_SEG_DEFAULT ((uint64_t)64 << 20)
+#define SPOOL_SEG_MAX     ((uint64_t)1 << 30)
+#define SPOOL_IOV         128
+
+enum { REC_ABSENT, REC_READY, REC_INFLIGHT, REC_DONE };
+
+struct spool_loc {
+    uint32_t off;
+    uint32_t len;
+};
+
+struct spool_seg {
+    uint64_t          first;    /* seq of index slot 0; also the file name */
+    uint64_t          size;     /* bytes in the .log file */
+    uint64_t          live;     /* records ready or handed out */
+    uint32_t          n;        /* slots used (highest seq - first + 1) */
+    uint32_t          cap;
+    struct spool_loc *loc;
+    uint8_t          *state;
+    int               fd;
+    int               ack_fd;
+    unsigned          refs;     /* readers doing I/O on fd without the lock */
+    bool              ack_failed;
+};
+
+struct spool_req {
+    struct spool_req *next;
+    const void       *data;
+    size_t            len;
+    uint64_t          seq;
+    int               rc;
+    bool              done;
+    unsigned char     hdr[SPOOL_HDR];
+};
+
+struct od_spool {
+    char              *dir;
+    int                dir_fd;
+    int                lock_fd;
+    uint64_t           max_bytes;
+    uint64_t           seg_bytes;
+    bool               sync;
+
+    pthread_mutex_t    mu;
+    pthread_cond_t     commit_cv;   /* appenders: group written, or leader gone */
+    pthread_cond_t     ready_cv;    /* readers: records indexed, or shutdown */
+
+    struct spool_seg **segs;        /* by first seq; the last one is active */
+    size_t             nsegs;
+    size_t             capsegs;
+
+    uint64_t           next_seq;
+    uint64_t           bytes;       /* on disk, in segment files */
+    uint64_t           reserved;    /* queued for the next writes */
+    uint64_t           live;        /* records not completed */
+    uint64_t           cur;         /* every ready seq below this is in the heap */
+    uint64_t          *heap;        /* requeued seqs, min-heap */
+    size_t             nheap;
+    size_t             capheap;
+
+    struct spool_req  *qhead;
+    struct spool_req  *qtail;
+    bool               leader;
+    bool               writing;
+    bool               roll_next;
+    bool               shutdown;
+    int                broken;      /* sticky -EIO after a failed fdatasync */
+};
+
+/* ---- CRC32C (Castagnoli), slicing by 8 ---- */
+
+static uint32_t crc_tab[8][256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void spool_crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        crc_tab[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
+}
+
+static uint32_t spool_crc32c(const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    uint32_t crc = 0xffffffffu;
+
+    while (len >= 8) {
+        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                             (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 |
+                      (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        crc = crc_tab[7][lo & 0xff] ^ crc_tab[6][(lo >> 8) & 0xff] ^
+              crc_tab[5][(lo >> 16) & 0xff] ^ crc_tab[4][lo >> 24] ^
+              crc_tab[3][hi & 0xff] ^ crc_tab[2][(hi >> 8) & 0xff] ^
+              crc_tab[1][(hi >> 16) & 0xff] ^ crc_tab[0][hi >> 24];
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* ---- encoding ---- */
+
+static void spool_put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void spool_put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t spool_get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t spool_get64(const unsigned char *p)
+{
+    return (uint64_t)spool_get32(p) | (uint64_t)spool_get32(p + 4) << 32;
+}
+
+static void spool_hdr_build(unsigned char *h, uint64_t seq, uint32_t len, uint32_t dcrc)
+{
+    spool_put32(h, SPOOL_MAGIC);
+    spool_put32(h + 4, len);
+    spool_put64(h + 8, seq);
+    spool_put32(h + 16, dcrc);
+    spool_put32(h + 20, spool_crc32c(h, 20));
+}
+
+/* A header whose magic and own checksum hold. */
+static bool spool_hdr_parse(const unsigned char *h, uint64_t *seq, uint32_t *len, uint32_t *dcrc)
+{
+    if (spool_get32(h) != SPOOL_MAGIC || spool_get32(h + 20) != spool_crc32c(h, 20))
+        return false;
+    *len = spool_get32(h + 4);
+    *seq = spool_get64(h + 8);
+    *dcrc = spool_get32(h + 16);
+    return *len <= SPOOL_MAX_RECORD;
+}
+
+static void spool_seg_name(char *out, size_t n, uint64_t first, const char *ext)
+{
+    snprintf(out, n, "seg-%016" PRIx64 ".%s", first, ext);
+}
+
+/* ---- segments and the index ---- */
+
+static struct spool_seg *spool_active(struct od_spool *s)
+{
+    return s->segs[s->nsegs - 1];
+}
+
+static struct spool_seg *spool_seg_new(uint64_t first)
+{
+    struct spool_seg *g = calloc(1, sizeof(*g));
+
+    if (g == NULL)
+        return NULL;
+    g->first = first;
+    g->fd = -1;
+    g->ack_fd = -1;
+    return g;
+}
+
+static void spool_seg_free(struct spool_seg *g)
+{
+    if (g == NULL)
+        return;
+    if (g->fd >= 0)
+        close(g->fd);
+    if (g->ack_fd >= 0)
+        close(g->ack_fd);
+    free(g->loc);
+    free(g->state);
+    free(g);
+}
+
+/* Make room for index slots up to seq, so indexing after a write cannot fail. */
+static int spool_seg_reserve(struct spool_seg *g, uint64_t seq)
+{
+    uint64_t need = seq - g->first + 1;
+    uint64_t ncap;
+    void *p;
+
+    if (seq < g->first || need > UINT32_MAX)
+        return -ERANGE;
+    if (need <= g->cap)
+        return 0;
+    ncap = g->cap ? (uint64_t)g->cap * 2 : 256;
+    if (ncap < need)
+        ncap = need;
+    if (ncap > UINT32_MAX)
+        ncap = UINT32_MAX;
+    /* Grow both before touching cap: a half-done grow only wastes memory. */
+    p = realloc(g->loc, ncap * sizeof(*g->loc));
+    if (p == NULL)
+        return -ENOMEM;
+    g->loc = p;
+    p = realloc(g->state, ncap);
+    if (p == NULL)
+        return -ENOMEM;
+    g->state = p;
+    memset(g->state + g->cap, REC_ABSENT, ncap - g->cap);
+    g->cap = (uint32_t)ncap;
+    return 0;
+}
+
+static int spool_seg_put(struct spool_seg *g, uint64_t seq, uint32_t off, uint32_t len)
+{
+    uint32_t idx;
+    int rc = spool_seg_reserve(g, seq);
+
+    if (rc < 0)
+        return rc;
+    idx = (uint32_t)(seq - g->first);
+    g->loc[idx].off = off;
+    g->loc[idx].len = len;
+    g->state[idx] = REC_READY;
+    if (idx >= g->n)
+        g->n = idx + 1;
+    g->live++;
+    return 0;
+}
+
+/* Index of the segment that would hold seq, or -1 when seq is below them all. */
+static ssize_t spool_seg_index(struct od_spool *s, uint64_t seq)
+{
+    size_t lo = 0, hi = s->nsegs;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->segs[mid]->first <= seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return (ssize_t)lo - 1;
+}
+
+static struct spool_seg *spool_find(struct od_spool *s, uint64_t seq, uint32_t *idx)
+{
+    ssize_t i = spool_seg_index(s, seq);
+    struct spool_seg *g;
+
+    if (i < 0)
+        return NULL;
+    g = s->segs[i];
+    if (seq - g->first >= g->n)
+        return NULL;
+    *idx = (uint32_t)(seq - g->first);
+    return g;
+}
+
+static int spool_segs_reserve(struct od_spool *s)
+{
+    size_t ncap;
+    void *p;
+
+    if (s->nsegs < s->capsegs)
+        return 0;
+    ncap = s->capsegs ? s->capsegs * 2 : 16;
+    p = realloc(s->segs, ncap * sizeof(*s->segs));
+    if (p == NULL)
+        return -ENOMEM;
+    s->segs = p;
+    s->capsegs = ncap;
+    return 0;
+}
+
+/* Delete a sealed segment once nothing in it is pending or being read.
+ * Called with the lock held. */
+static void spool_seg_maybe_drop(struct od_spool *s, struct spool_seg *g)
+{
+    char name[64];
+    ssize_t i;
+
+    if (g->live != 0 || g->refs != 0 || g == spool_active(s))
+        return;
+    i = spool_seg_index(s, g->first);
+    if (i < 0 || s->segs[i] != g)
+        return;
+    memmove(&s->segs[i], &s->segs[i + 1], (s->nsegs - (size_t)i - 1) * sizeof(*s->segs));
+    s->nsegs--;
+    s->bytes -= g->size;
+
+    /* The log goes first: if we die before the ack file goes too, the
+     * orphan ack file is removed at the next open. */
+    spool_seg_name(name, sizeof(name), g->first, "log");
+    if (unlinkat(s->dir_fd, name, 0) < 0 && errno != ENOENT) {
+        od_warn("spool %s: cannot delete %s: %s", s->dir, name, strerror(errno));
+    } else {
+        spool_seg_name(name, sizeof(name), g->first, "ack");
+        if (unlinkat(s->dir_fd, name, 0) < 0 && errno != ENOENT)
+            od_warn("spool %s: cannot delete %s: %s", s->dir, name, strerror(errno));
+    }
+    od_debug("spool %s: deleted completed segment %016" PRIx64, s->dir, g->first);
+    spool_seg_free(g);
+}
+
+/* A new, empty segment file.  Its name is made durable before any record
+ * goes in, or an fdatasync'ed record could vanish with its directory entry. */
+static int spool_seg_create(struct od_spool *s, uint64_t first, struct spool_seg **out)
+{
+    char name[64];
+    struct spool_seg *g = spool_seg_new(first);
+    int rc = 0;
+
+    if (g == NULL)
+        return -ENOMEM;
+    spool_seg_name(name, sizeof(name), first, "log");
+    g->fd = openat(s->dir_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (g->fd < 0) {
+        rc = -errno;
+        od_err("spool %s: cannot create %s: %s", s->dir, name, strerror(errno));
+        goto fail;
+    }
+    if (s->sync && fsync(s->dir_fd) < 0) {
+        rc = -errno;
+        od_err("spool %s: fsync of directory failed: %s", s->dir, strerror(errno));
+        unlinkat(s->dir_fd, name, 0);
+        goto fail;
+    }
+    *out = g;
+    return 0;
+
+fail:
+    spool_seg_free(g);
+    return rc;
+}
+
+/* Remember a completion.  Not fsynced on purpose: a lost ack only causes a
+ * redelivery after a crash.  Called with the lock held. */
+static void spool_ack_write(struct od_spool *s, struct spool_seg *g, uint64_t seq)
+{
+    unsigned char e[SPOOL_ACK];
+    char name[64];
+    ssize_t w;
+
+    if (g->ack_fd < 0) {
+        spool_seg_name(name, sizeof(name), g->first, "ack");
+        g->ack_fd = openat(s->dir_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        if (g->ack_fd < 0)
+            goto fail;
+    }
+    spool_put64(e, seq);
+    spool_put64(e + 8, ~seq);
+    do
+        w = write(g->ack_fd, e, sizeof(e));
+    while (w < 0 && errno == EINTR);
+    if (w == (ssize_t)sizeof(e))
+        return;
+    if (w >= 0)
+        errno = EIO;   /* short write; the next open ignores the torn entry */
+
+fail:
+    if (!g->ack_failed)
+        od_warn("spool %s: cannot record completions for segment %016" PRIx64
+                " (they will be redelivered after a restart): %s",
+                s->dir, g->first, strerror(errno));
+    g->ack_failed = true;
+}
+
+/* ---- requeue heap ---- */
+
+static int spool_heap_push(struct od_spool *s, uint64_t seq)
+{
+    size_t i;
+
+    if (s->nheap == s->capheap) {
+        size_t ncap = s->capheap ? s->capheap * 2 : 64;
+        void *p = realloc(s->heap, ncap * sizeof(*s->heap));
+        if (p == NULL)
+            return -ENOMEM;
+        s->heap = p;
+        s->capheap = ncap;
+    }
+    i = s->nheap++;
+    while (i > 0 && s->heap[(i - 1) / 2] > seq) {
+        s->heap[i] = s->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    s->heap[i] = seq;
+    return 0;
+}
+
+static uint64_t spool_heap_pop(struct od_spool *s)
+{
+    uint64_t top = s->heap[0], last = s->heap[--s->nheap];
+    size_t i = 0;
+
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= s->nheap)
+            break;
+        if (c + 1 < s->nheap && s->heap[c + 1] < s->heap[c])
+            c++;
+        if (s->heap[c] >= last)
+            break;
+        s->heap[i] = s->heap[c];
+        i = c;
+    }
+    if (s->nheap > 0)
+        s->heap[i] = last;
+    return top;
+}
+
+/* The lowest ready record: requeued ones first (they are all below the
+ * cursor), then onwards from the cursor.  Called with the lock held. */
+static struct spool_seg *spool_pick(struct od_spool *s, uint32_t *idx)
+{
+    struct spool_seg *g;
+    ssize_t i;
+
+    while (s->nheap > 0) {
+        g = spool_find(s, spool_heap_pop(s), idx);
+        /* Stale entries (completed since the requeue) are skipped. */
+        if (g != NULL && g->state[*idx] == REC_READY)
+            return g;
+    }
+    i = spool_seg_index(s, s->cur);
+    if (i < 0) {
+        i = 0;
+        s->cur = s->segs[0]->first;
+    }
+    for (; (size_t)i < s->nsegs; i++) {
+        g = s->segs[i];
+        if (s->cur < g->first)
+            s->cur = g->first;
+        for (uint64_t k = s->cur - g->first; k < g->n; k++) {
+            if (g->state[k] == REC_READY) {
+                s->cur = g->first + k + 1;
+                *idx = (uint32_t)k;
+                return g;
+            }
+        }
+        s->cur = g->first + g->n;
+    }
+    return NULL;
+}
+
+/* ---- appending ---- */
+
+static int spool_write_batch(int fd, struct spool_req *r, uint64_t off)
+{
+    struct iovec iov[SPOOL_IOV];
+
+    while (r != NULL) {
+        struct iovec *v = iov;
+        int cnt = 0;
+
+        while (r != NULL && cnt + 2 <= SPOOL_IOV) {
+            iov[cnt].iov_base = r->hdr;
+            iov[cnt++].iov_len = SPOOL_HDR;
+            if (r->len > 0) {
+                iov[cnt].iov_base = (void *)(uintptr_t)r->data;
+                iov[cnt++].iov_len = r->len;
+            }
+            r = r->next;
+        }
+        while (cnt > 0) {
+            ssize_t w = pwritev(fd, v, cnt, (off_t)off);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                return errno == ENOSPC || errno == EDQUOT ? -ENOSPC : -EIO;
+            }
+            off += (uint64_t)w;
+            while (cnt > 0 && (size_t)w >= v->iov_len) {
+                w -= (ssize_t)v->iov_len;
+                v++;
+                cnt--;
+            }
+            if (cnt > 0) {
+                v->iov_base = (char *)v->iov_base + w;
+                v->iov_len -= (size_t)w;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Write one group from the queue.  Called with the lock held and the queue
+ * non-empty; drops the lock for the I/O. */
+static void spool_lead(struct od_spool *s)
+{
+    struct spool_req *batch = s->qhead, *last = batch, *r, *next;
+    struct spool_seg *act = spool_active(s), *fresh = NULL, *g;
+    uint64_t bytes = SPOOL_HDR + batch->len, base;
+    bool roll, sync_failed = false;
+    int rc = 0;
+
+    s->leader = true;
+    /* A group never holds more than a segment's worth (except one big
+     * record), which keeps offsets well inside 32 bits. */
+    while (last->next != NULL && bytes + SPOOL_HDR + last->next->len <= s->seg_bytes) {
+        last = last->next;
+        bytes += SPOOL_HDR + last->len;
+    }
+    s->qhead = last->next;
+    if (s->qhead == NULL)
+        s->qtail = NULL;
+    last->next = NULL;
+
+    roll = s->roll_next || (act->size > 0 && act->size + bytes > s->seg_bytes) ||
+           (s->max_bytes != 0 && act->live == 0 && act->size > 0 &&
+            s->bytes + bytes > s->max_bytes);
+    /* Allocate now so that indexing after the write cannot fail. */
+    rc = roll ? spool_segs_reserve(s) : spool_seg_reserve(act, last->seq);
+    s->writing = true;
+    pthread_mutex_unlock(&s->mu);
+
+    if (rc == 0 && roll) {
+        rc = spool_seg_create(s, batch->seq, &fresh);
+        if (rc == 0)
+            rc = spool_seg_reserve(fresh, last->seq);
+    }
+    g = fresh != NULL ? fresh : act;
+    base = g->size;     /* only the leader changes it */
+    if (rc == 0)
+        rc = spool_write_batch(g->fd, batch, base);
+    if (rc == 0 && s->sync && fdatasync(g->fd) < 0) {
+        rc = -EIO;
+        sync_failed = true;
+    }
+
+    pthread_mutex_lock(&s->mu);
+    s->writing = false;
+    if (fresh != NULL) {
+        s->segs[s->nsegs++] = fresh;
+        s->roll_next = false;
+        spool_seg_maybe_drop(s, act);
+    }
+    if (rc == 0) {
+        uint64_t off = base;
+        for (r = batch; r != NULL; r = r->next) {
+            spool_seg_put(g, r->seq, (uint32_t)off, (uint32_t)r->len);
+            off += SPOOL_HDR + r->len;
+            s->live++;
+        }
+        g->size = base + bytes;
+        s->bytes += bytes;
+        pthread_cond_broadcast(&s->ready_cv);
+    } else {
+        od_err("spool %s: writing %" PRIu64 " bytes to segment %016" PRIx64 " failed: %s",
+               s->dir, bytes, g->first, strerror(-rc));
+        /* After a failed fdatasync the page cache can no longer be trusted
+         * (the error is reported once); refuse further appends. */
+        if (sync_failed || (g->fd >= 0 && ftruncate(g->fd, (off_t)base) < 0))
+            s->broken = -EIO;
+        /* The lost seqs leave a gap: keep seqs consecutive per segment. */
+        s->roll_next = true;
+    }
+    s->reserved -= bytes;
+    for (r = batch; r != NULL; r = next) {
+        next = r->next;     /* r may be gone once its owner sees done */
+        r->rc = rc;
+        r->done = true;
+    }
+    s->leader = false;
+    pthread_cond_broadcast(&s->commit_cv);
+}
+
+int od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *seq)
+{
+    struct spool_req req = { .data = data, .len = len };
+    uint32_t dcrc;
+    uint64_t used;
+    struct spool_seg *act;
+    int rc;
+
+    if (len > SPOOL_MAX_RECORD)
+        return -EMSGSIZE;
+    dcrc = spool_crc32c(data, len);
+
+    pthread_mutex_lock(&s->mu);
+    if (s->shutdown) {
+        rc = -ESHUTDOWN;
+        goto out;
+    }
+    if (s->broken) {
+        rc = s->broken;
+        goto out;
+    }
+    if (s->max_bytes != 0) {
+        used = s->bytes + s->reserved;
+        act = spool_active(s);
+        /* A fully completed active segment is reclaimed by the next write
+         * (spool_lead rolls past it), unless a write into it is under way. */
+        if (!s->writing && act->live == 0)
+            used -= act->size;
+        if (used + SPOOL_HDR + len > s->max_bytes) {
+            rc = -ENOSPC;
+            goto out;
+        }
+    }
+    req.seq = s->next_seq++;
+    spool_hdr_build(req.hdr, req.seq, (uint32_t)len, dcrc);
+    s->reserved += SPOOL_HDR + len;
+    if (s->qtail != NULL)
+        s->qtail->next = &req;
+    else
+        s->qhead = &req;
+    s->qtail = &req;
+
+    while (!req.done) {
+        if (!s->leader)
+            spool_lead(s);
+        else
+            pthread_cond_wait(&s->commit_cv, &s->mu);
+    }
+    rc = req.rc;
+    if (rc == 0)
+        *seq = req.seq;
+out:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* ---- reading ---- */
+
+/* Read one record and check it again: disks and filesystems do rot. */
+static int spool_read_rec(struct spool_seg *g, uint64_t seq, struct spool_loc l, void **out)
+{
+    unsigned char h[SPOOL_HDR];
+    struct iovec iov[2];
+    char *buf = malloc(l.len ? l.len : 1);
+    uint64_t hseq;
+    uint32_t hlen, dcrc;
+    size_t want = SPOOL_HDR + l.len, got = 0;
+    int rc = 0;
+
+    if (buf == NULL)
+        return -ENOMEM;
+    while (got < want) {
+        ssize_t n;
+        size_t skip = got;
+
+        iov[0].iov_base = h;
+        iov[0].iov_len = SPOOL_HDR;
+        iov[1].iov_base = buf;
+        iov[1].iov_len = l.len;
+        /* Resume after a short read by skipping what we already have. */
+        int k = 0;
+        if (skip >= SPOOL_HDR) {
+            k = 1;
+            skip -= SPOOL_HDR;
+        }
+        iov[k].iov_base = (char *)iov[k].iov_base + skip;
+        iov[k].iov_len -= skip;
+        n = preadv(g->fd, &iov[k], 2 - k, (off_t)(l.off + got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = -EIO;
+            goto fail;
+        }
+        got += (size_t)n;
+    }
+    if (!spool_hdr_parse(h, &hseq, &hlen, &dcrc) || hseq != seq || hlen != l.len ||
+        spool_crc32c(buf, l.len) != dcrc) {
+        rc = -EBADMSG;
+        goto fail;
+    }
+    *out = buf;
+    return 0;
+
+fail:
+    free(buf);
+    return rc;
+}
+
+int od_spool_next(struct od_spool *s, uint64_t *seq, void **data, size_t *len, int64_t timeout_ms)
+{
+    struct timespec deadline;
+    struct spool_seg *g;
+    uint32_t idx;
+    bool timed_out = false;
+    int rc;
+
+    if (timeout_ms > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
+        if (deadline.tv_nsec >= 1000000000) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000;
+        }
+    }
+
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        if (s->shutdown) {
+            rc = -ESHUTDOWN;
+            break;
+        }
+        g = spool_pick(s, &idx);
+        if (g != NULL) {
+            uint64_t q = g->first + idx;
+            struct spool_loc l = g->loc[idx];
+            void *buf = NULL;
+
+            g->state[idx] = REC_INFLIGHT;
+            g->refs++;
+            pthread_mutex_unlock(&s->mu);
+            rc = spool_read_rec(g, q, l, &buf);
+            pthread_mutex_lock(&s->mu);
+            g->refs--;
+            if (rc == 0) {
+                *seq = q;
+                *data = buf;
+                *len = l.len;
+                /* Only matters if someone completed it while we read. */
+                spool_seg_maybe_drop(s, g);
+                break;
+            }
+            if (rc == -ENOMEM) {
+                /* Try again later rather than lose it. */
+                g->state[idx] = REC_READY;
+                if (q < s->cur)
+                    s->cur = q;
+                spool_seg_maybe_drop(s, g);
+                break;
+            }
+            /* Unreadable: handing it out again would fail forever. */
+            od_err("spool %s: record %" PRIu64 " in segment %016" PRIx64 " at offset %" PRIu32
+                   " is unreadable (%s); dropping it", s->dir, q, g->first, l.off, strerror(-rc));
+            if (g->state[idx] == REC_INFLIGHT) {
+                g->state[idx] = REC_DONE;
+                g->live--;
+                s->live--;
+                spool_ack_write(s, g, q);
+            }
+            spool_seg_maybe_drop(s, g);
+            continue;
+        }
+        if (timeout_ms == 0 || timed_out) {
+            rc = -EAGAIN;
+            break;
+        }
+        if (timeout_ms < 0)
+            pthread_cond_wait(&s->ready_cv, &s->mu);
+        else
+            timed_out = pthread_cond_timedwait(&s->ready_cv, &s->mu, &deadline) == ETIMEDOUT;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void od_spool_shutdown(struct od_spool *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->shutdown = true;
+    pthread_cond_broadcast(&s->ready_cv);
+    pthread_cond_broadcast(&s->commit_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void od_spool_complete(struct od_spool *s, uint64_t seq)
+{
+    struct spool_seg *g;
+    uint32_t idx;
+
+    pthread_mutex_lock(&s->mu);
+    g = spool_find(s, seq, &idx);
+    if (g != NULL && (g->state[idx] == REC_READY || g->state[idx] == REC_INFLIGHT)) {
+        g->state[idx] = REC_DONE;
+        g->live--;
+        s->live--;
+        /* No ack needed for a segment that is about to disappear. */
+        if (g->live != 0 || g->refs != 0 || g == spool_active(s))
+            spool_ack_write(s, g, seq);
+        spool_seg_maybe_drop(s, g);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void od_spool_requeue(struct od_spool *s, uint64_t seq)
+{
+    struct spool_seg *g;
+    uint32_t idx;
+
+    pthread_mutex_lock(&s->mu);
+    g = spool_find(s, seq, &idx);
+    if (g != NULL && g->state[idx] == REC_INFLIGHT) {
+        g->state[idx] = REC_READY;
+        /* Without heap memory, rewinding the cursor finds it just as well. */
+        if (spool_heap_push(s, seq) < 0 && seq < s->cur)
+            s->cur = seq;
+        pthread_cond_signal(&s->ready_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void od_spool_stats(struct od_spool *s, struct od_spool_stats *st)
+{
+    pthread_mutex_lock(&s->mu);
+    st->bytes = s->bytes;
+    st->records = s->live;
+    st->segments = s->nsegs;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- recovery ---- */
+
+/* Is there a whole, valid record at off that fits this segment? */
+static bool spool_rec_ok(const unsigned char *p, uint64_t size, uint64_t off, uint64_t first,
+                         uint64_t limit, int64_t prev_idx, uint64_t *seq, uint32_t *len)
+{
+    uint32_t dcrc;
+    uint64_t idx;
+
+    if (size - off < SPOOL_HDR || !spool_hdr_parse(p + off, seq, len, &dcrc))
+        return false;
+    if (*len > size - off - SPOOL_HDR || *seq < first || *seq >= limit)
+        return false;
+    /* Seqs are consecutive in file order, each record at least a header. */
+    idx = *seq - first;
+    if (idx > off / SPOOL_HDR || (int64_t)idx <= prev_idx)
+        return false;
+    return spool_crc32c(p + off + SPOOL_HDR, *len) == dcrc;
+}
+
+static int spool_seg_scan(struct od_spool *s, struct spool_seg *g, bool last, uint64_t limit)
+{
+    struct stat st;
+    unsigned char *p = NULL;
+    uint64_t size, off = 0, seq;
+    uint32_t len;
+    int64_t prev_idx = -1;
+    int rc = 0;
+
+    if (fstat(g->fd, &st) < 0)
+        return -errno;
+    size = (uint64_t)st.st_size;
+    if (size > UINT32_MAX) {
+        od_err("spool %s: segment %016" PRIx64 " is %" PRIu64 " bytes; only the first 4 GiB are read",
+               s->dir, g->first, size);
+        size = UINT32_MAX;
+    }
+    g->size = (uint64_t)st.st_size;
+    if (size == 0)
+        return 0;
+    p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, g->fd, 0);
+    if (p == MAP_FAILED) {
+        rc = -errno;
+        od_err("spool %s: cannot map segment %016" PRIx64 ": %s", s->dir, g->first, strerror(errno));
+        return rc;
+    }
+    while (off < size) {
+        uint64_t bad = off;
+
+        if (spool_rec_ok(p, size, off, g->first, limit, prev_idx, &seq, &len)) {
+            rc = spool_seg_put(g, seq, (uint32_t)off, len);
+            if (rc < 0)
+                goto out;
+            prev_idx = (int64_t)(seq - g->first);
+            off += SPOOL_HDR + len;
+            continue;
+        }
+        /* Damage: look for the next record that checks out. */
+        for (off = bad + 1; off + SPOOL_HDR <= size; off++) {
+            const unsigned char *m = memchr(p + off, SPOOL_MAGIC & 0xff, size - off - SPOOL_HDR + 1);
+            if (m == NULL) {
+                off = size;
+                break;
+            }
+            off = (uint64_t)(m - p);
+            if (spool_rec_ok(p, size, off, g->first, limit, prev_idx, &seq, &len))
+                break;
+        }
+        if (off + SPOOL_HDR <= size) {
+            od_err("spool %s: segment %016" PRIx64 " is CORRUPT at offset %" PRIu64
+                   ": skipped %" PRIu64 " bytes to the next valid record; records in them are lost",
+                   s->dir, g->first, bad, off - bad);
+            continue;
+        }
+        if (last) {
+            if (ftruncate(g->fd, (off_t)bad) < 0) {
+                rc = -errno;
+                od_err("spool %s: cannot truncate segment %016" PRIx64 ": %s",
+                       s->dir, g->first, strerror(errno));
+                goto out;
+            }
+            od_warn("spool %s: segment %016" PRIx64 ": truncated a torn tail of %" PRIu64
+                    " bytes at offset %" PRIu64, s->dir, g->first, g->size - bad, bad);
+            g->size = bad;
+        } else {
+            od_err("spool %s: segment %016" PRIx64 " ends with %" PRIu64 " bytes of garbage at offset %"
+                   PRIu64 "; kept until the segment is deleted", s->dir, g->first, size - bad, bad);
+        }
+        break;
+    }
+out:
+    munmap(p, size);
+    return rc;
+}
+
+/* Apply a segment's acks; *maxseq gets the highest acked seq seen. */
+static int spool_seg_load_acks(struct od_spool *s, struct spool_seg *g, uint64_t limit,
+                               uint64_t *maxseq)
+{
+    unsigned char buf[SPOOL_ACK * 256];
+    char name[64];
+    struct stat st;
+    ssize_t n;
+
+    spool_seg_name(name, sizeof(name), g->first, "ack");
+    g->ack_fd = openat(s->dir_fd, name, O_RDWR | O_APPEND | O_CLOEXEC);
+    if (g->ack_fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (fstat(g->ack_fd, &st) < 0)
+        return -errno;
+    /* A torn last entry would misalign every later append. */
+    if (st.st_size % SPOOL_ACK != 0 &&
+        ftruncate(g->ack_fd, st.st_size - st.st_size % SPOOL_ACK) < 0)
+        return -errno;
+    while ((n = read(g->ack_fd, buf, sizeof(buf))) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        for (ssize_t i = 0; i + (ssize_t)SPOOL_ACK <= n; i += SPOOL_ACK) {
+            uint64_t seq = spool_get64(buf + i), idx;
+
+            if (spool_get64(buf + i + 8) != ~seq || seq < g->first || seq >= limit)
+                continue;
+            if (seq > *maxseq)
+                *maxseq = seq;
+            idx = seq - g->first;
+            if (idx < g->n && g->state[idx] == REC_READY) {
+                g->state[idx] = REC_DONE;
+                g->live--;
+            }
+        }
+    }
+    return 0;
+}
+
+static int spool_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Segment first seqs from "seg-<16 hex>.<ext>" names, sorted. */
+static int spool_list(struct od_spool *s, const char *ext, uint64_t **out, size_t *nout)
+{
+    DIR *d;
+    struct dirent *e;
+    uint64_t *v = NULL;
+    size_t n = 0, cap = 0;
+    int fd, rc = 0;
+
+    fd = openat(s->dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    d = fdopendir(fd);
+    if (d == NULL) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    while ((e = readdir(d)) != NULL) {
+        char want[64], *end;
+        uint64_t first;
+
+        if (strlen(e->d_name) != 24 || strncmp(e->d_name, "seg-", 4) != 0)
+            continue;
+        errno = 0;
+        first = strtoull(e->d_name + 4, &end, 16);
+        spool_seg_name(want, sizeof(want), first, ext);
+        if (errno != 0 || end != e->d_name + 20 || first == 0 || strcmp(want, e->d_name) != 0)
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            void *p = realloc(v, ncap * sizeof(*v));
+            if (p == NULL) {
+                rc = -ENOMEM;
+                goto out;
+            }
+            v = p;
+            cap = ncap;
+        }
+        v[n++] = first;
+    }
+    if (n > 0)
+        qsort(v, n, sizeof(*v), spool_cmp_u64);
+out:
+    closedir(d);
+    if (rc < 0) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *nout = n;
+    return 0;
+}
+
+static int spool_recover(struct od_spool *s)
+{
+    uint64_t *logs = NULL, *acks = NULL, ackmax = 0, lastseq = 0;
+    size_t nlogs = 0, nacks = 0;
+    struct spool_seg *g = NULL, *act;
+    int rc;
+
+    rc = spool_list(s, "log", &logs, &nlogs);
+    if (rc == 0)
+        rc = spool_list(s, "ack", &acks, &nacks);
+    if (rc < 0)
+        goto out;
+
+    for (size_t i = 0; i < nlogs; i++) {
+        char name[64];
+        uint64_t limit = i + 1 < nlogs ? logs[i + 1] : UINT64_MAX;
+
+        ackmax = 0;
+        g = spool_seg_new(logs[i]);
+        if (g == NULL || spool_segs_reserve(s) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        spool_seg_name(name, sizeof(name), g->first, "log");
+        g->fd = openat(s->dir_fd, name, O_RDWR | O_CLOEXEC);
+        if (g->fd < 0) {
+            rc = -errno;
+            od_err("spool %s: cannot open %s: %s", s->dir, name, strerror(errno));
+            goto out;
+        }
+        rc = spool_seg_scan(s, g, i + 1 == nlogs, limit);
+        if (rc == 0)
+            rc = spool_seg_load_acks(s, g, limit, &ackmax);
+        if (rc < 0) {
+            od_err("spool %s: cannot recover segment %s: %s", s->dir, name, strerror(-rc));
+            goto out;
+        }
+        s->segs[s->nsegs++] = g;
+        s->bytes += g->size;
+        s->live += g->live;
+        g = NULL;
+    }
+
+    /* Ack files whose log is gone: a deletion was cut short. */
+    for (size_t i = 0, j = 0; i < nacks; i++) {
+        char name[64];
+
+        while (j < nlogs && logs[j] < acks[i])
+            j++;
+        if (j < nlogs && logs[j] == acks[i])
+            continue;
+        spool_seg_name(name, sizeof(name), acks[i], "ack");
+        if (unlinkat(s->dir_fd, name, 0) < 0)
+            od_warn("spool %s: cannot delete orphan %s: %s", s->dir, name, strerror(errno));
+    }
+
+    if (s->nsegs == 0) {
+        rc = spool_segs_reserve(s);
+        if (rc == 0)
+            rc = spool_seg_create(s, 1, &g);
+        if (rc < 0)
+            goto out;
+        s->segs[s->nsegs++] = g;
+        g = NULL;
+        s->next_seq = 1;
+    } else {
+        /* Above every seq a record or an ack mentions: a surviving ack must
+         * never complete a new record that reuses a torn record's seq. */
+        act = spool_active(s);
+        s->next_seq = act->first;
+        if (act->n > 0) {
+            lastseq = act->first + act->n - 1;
+            s->next_seq = lastseq + 1;
+        }
+        if (ackmax >= s->next_seq)
+            s->next_seq = ackmax + 1;
+        s->roll_next = s->next_seq != (act->n > 0 ? lastseq + 1 : act->first);
+    }
+
+    /* Sealed segments with nothing left to deliver. */
+    for (size_t i = 0; i + 1 < s->nsegs;) {
+        struct spool_seg *old = s->segs[i];
+        spool_seg_maybe_drop(s, old);
+        if (i < s->nsegs && s->segs[i] == old)
+            i++;
+    }
+    s->cur = s->segs[0]->first;
+    od_info("spool %s: %" PRIu64 " records pending in %zu segments (%" PRIu64 " bytes), next seq %" PRIu64,
+            s->dir, s->live, s->nsegs, s->bytes, s->next_seq);
+out:
+    spool_seg_free(g);
+    free(logs);
+    free(acks);
+    return rc;
+}
+
+/* ---- open / close ---- */
+
+int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
+{
+    struct od_spool *s;
+    pthread_condattr_t ca;
+    int rc;
+
+    if (o == NULL || o->dir == NULL || o->dir[0] == '\0')
+        return -EINVAL;
+    pthread_once(&crc_once, spool_crc_init);
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return -ENOMEM;
+    s->dir_fd = -1;
+    s->lock_fd = -1;
+    s->max_bytes = o->max_bytes;
+    s->seg_bytes = o->segment_bytes ? o->segment_bytes : SPOOL_SEG_DEFAULT;
+    if (s->seg_bytes > SPOOL_SEG_MAX)
+        s->seg_bytes = SPOOL_SEG_MAX;
+    s->sync = o->sync != 0;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->commit_cv, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->ready_cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    s->dir = strdup(o->dir);
+    if (s->dir == NULL) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    rc = od_mkdir_p(s->dir, 0700);
+    if (rc < 0) {
+        od_err("spool %s: cannot create directory: %s", s->dir, strerror(-rc));
+        goto fail;
+    }
+    s->dir_fd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dir_fd < 0) {
+        rc = -errno;
+        od_err("spool %s: cannot open directory: %s", s->dir, strerror(errno));
+        goto fail;
+    }
+    s->lock_fd = openat(s->dir_fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        od_err("spool %s: cannot lock: %s", s->dir,
+               rc == -EBUSY ? "in use by another process" : strerror(-rc));
+        goto fail;
+    }
+    rc = spool_recover(s);
+    if (rc < 0)
+        goto fail;
+    *out = s;
+    return 0;
+
+fail:
+    od_spool_close(s);
+    return rc;
+}
+
+void od_spool_close(struct od_spool *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->nsegs; i++)
+        spool_seg_free(s->segs[i]);
+    free(s->segs);
+    free(s->heap);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    if (s->dir_fd >= 0)
+        close(s->dir_fd);
+    free(s->dir);
+    pthread_cond_destroy(&s->ready_cv);
+    pthread_cond_destroy(&s->commit_cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}

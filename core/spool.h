@@ -1,0 +1,52 @@
+/* spool.h - the durable on-disk queue in front of a pipeline (see README
+ * "Durability").  Append-only segment files of checksummed records; appends
+ * from many threads share one fdatasync (group commit); a reader hands
+ * records out in order; completed records are remembered so a restart
+ * redelivers only what was not completed; a segment is deleted once every
+ * record in it is completed; a size limit pushes back with -ENOSPC.  After
+ * a crash (kill -9, power loss) open() keeps every record whose append had
+ * returned and discards only a torn tail.
+ */
+#ifndef OD_SPOOL_H
+#define OD_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct od_spool;
+
+struct od_spool_opts {
+    const char *dir;             /* created if missing */
+    uint64_t    max_bytes;       /* appends fail with -ENOSPC beyond this (0: no limit) */
+    uint64_t    segment_bytes;   /* roll to a new segment past this size */
+    int         sync;            /* 1: fdatasync before append returns (durable mode) */
+};
+
+/* Open (and recover) a spool.  0 or negative errno. */
+int  od_spool_open(const struct od_spool_opts *o, struct od_spool **out);
+void od_spool_close(struct od_spool *s);
+
+/* Append one record; returns once it is durable (when o->sync).  *seq gets its
+ * number (> 0).  RETURNS: 0, -ENOSPC (full), -EIO, -ENOMEM, -ESHUTDOWN (closing). */
+int  od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *seq);
+
+/* Next record not yet handed out, in append order; waits up to timeout_ms
+ * (-1: forever) for one.  *data is malloc'd for the caller.
+ * RETURNS: 0, -EAGAIN (timeout), -ESHUTDOWN (closing). */
+int  od_spool_next(struct od_spool *s, uint64_t *seq, void **data, size_t *len, int64_t timeout_ms);
+/* Wake any od_spool_next waiting (e.g. on stop); later calls return -ESHUTDOWN. */
+void od_spool_shutdown(struct od_spool *s);
+
+/* Mark a record completed (processed or dead-lettered).  Idempotent. */
+void od_spool_complete(struct od_spool *s, uint64_t seq);
+/* Hand a record out again later (abandoned): it comes back from od_spool_next. */
+void od_spool_requeue(struct od_spool *s, uint64_t seq);
+
+struct od_spool_stats {
+    uint64_t bytes;         /* on disk */
+    uint64_t records;       /* not yet completed */
+    uint64_t segments;
+};
+void od_spool_stats(struct od_spool *s, struct od_spool_stats *st);
+
+#endif

@@ -1,0 +1,1285 @@
+/* http.c - the Order API: an input stage that accepts orders and lifecycle
+ * commands over HTTP (libmicrohttpd) and submits them as command messages.
+ *
+ *   POST /orders                    create  -> 202 {"id","status":"accepted"}
+ *   POST /orders/{id}/{command}     command -> 202 {"id","command","status":"accepted"}
+ *   GET  /orders/{id}               the store's snapshot, or "accepted, not yet processed"
+ *   GET  /healthz                   liveness (no API key needed)
+ *
+ * 202 means durable: host->submit() returns only once the spool has the
+ * record.  submit() blocks, so requests run on MHD's thread pool (or one
+ * thread per connection) and many can wait in submit at once, which is what
+ * lets the core group their fdatasyncs.  Errors are RFC 9457 problem+json.
+ */
+#define _GNU_SOURCE   /* asprintf */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+#include <jansson.h>
+#include <orderd/plugin.h>
+
+#include "idem.h"
+#include "../validate/jsonschema.h"
+
+#if MHD_VERSION >= 0x00097002
+typedef enum MHD_Result hp_ret;
+#else
+typedef int hp_ret;
+#endif
+
+#define HP_ID_MAX      128
+#define HP_CMD_MAX     64
+#define HP_IDEM_MAX    255
+
+/* Recently accepted order ids, so GET can say "accepted, not processed yet"
+ * instead of 404 while the pipeline catches up.  Bounded: oldest evicted. */
+struct hp_pend {
+    char            *id;
+    struct hp_pend  *hnext;
+    struct hp_pend  *prev, *next;   /* insertion order, oldest first */
+};
+
+struct hp {
+    orderd_inst        *inst;
+    const orderd_host  *host;
+
+    /* configuration */
+    char               *listen_host;     /* NULL: any address */
+    char               *listen_port;
+    unsigned            threads;         /* 0: one thread per connection */
+    unsigned            max_connections;
+    size_t              max_header;
+    size_t              max_body;
+    unsigned            timeout_s;
+    unsigned            retry_after_s;
+    char               *store_pipeline;
+    size_t              pending_max;
+    char              **api_keys;
+    size_t              n_api_keys;
+    char               *tls_cert, *tls_key;
+    jsonschema         *schema;
+    struct http_idem   *idem;
+
+    /* runtime */
+    struct MHD_Daemon  *mhd;
+    int                 listen_fd;
+    atomic_bool         stopping;
+
+    pthread_mutex_t     pend_lock;
+    struct hp_pend    **pend_buckets;
+    size_t              pend_nbuckets;   /* power of two */
+    size_t              pend_count;
+    struct hp_pend     *pend_oldest, *pend_newest;
+};
+
+enum hp_route { HP_R_ORDERS = 1, HP_R_ORDER, HP_R_COMMAND };
+
+/* One request, alive from its headers to MHD's completion callback. */
+struct hp_req {
+    enum hp_route  route;
+    char           order_id[HP_ID_MAX + 1];
+    char           command[HP_CMD_MAX + 1];
+    bool           answered;     /* a response was queued on the header call */
+    bool           too_large;
+    bool           json_ct;      /* Content-Type is JSON */
+    char          *buf;
+    size_t         len, cap;
+};
+
+static const orderd_option hp_options[] = {
+    { .key = "listen", .type = ORDERD_T_STRING, .def = "127.0.0.1:8080",
+      .help = "Address and port to listen on: \"host:port\", \"[ipv6]:port\" or \"*:port\" for all addresses (port 0 picks a free one)" },
+    { .key = "threads", .type = ORDERD_T_INT, .def = "4",
+      .help = "Worker threads serving requests (each can wait in a durable submit); 0 = one thread per connection" },
+    { .key = "max_connections", .type = ORDERD_T_INT, .def = "1024",
+      .help = "Maximum number of concurrent client connections" },
+    { .key = "max_header", .type = ORDERD_T_SIZE, .def = "16KiB",
+      .help = "Largest request line plus headers accepted; larger requests are refused" },
+    { .key = "max_body", .type = ORDERD_T_SIZE, .def = "1MiB",
+      .help = "Largest request body accepted; larger bodies get 413 Payload Too Large" },
+    { .key = "request_timeout", .type = ORDERD_T_DURATION, .def = "30s",
+      .help = "Close a connection that has been idle (or sends nothing) for this long" },
+    { .key = "retry_after", .type = ORDERD_T_DURATION, .def = "1s",
+      .help = "Retry-After sent with 503 when the pipeline's spool is full" },
+    { .key = "store_pipeline", .type = ORDERD_T_STRING,
+      .help = "Pipeline whose store answers GET /orders/{id} (default: this pipeline)" },
+    { .key = "pending_max", .type = ORDERD_T_INT, .def = "100000",
+      .help = "How many accepted but not yet stored order ids GET remembers as \"accepted\"" },
+    { .key = "idempotency_file", .type = ORDERD_T_PATH, .flags = ORDERD_OPT_STATE,
+      .help = "File of Idempotency-Key records (default: http/<pipeline>.<stage>.idempotency in the state directory)" },
+    { .key = "idempotency_ttl", .type = ORDERD_T_DURATION, .def = "24h",
+      .help = "How long a request with an Idempotency-Key is remembered and replayed" },
+    { .key = "schema", .type = ORDERD_T_PATH,
+      .help = "JSON Schema that POST /orders bodies must satisfy (422 otherwise); unset: no check at the edge" },
+    { .key = "api_keys_file", .type = ORDERD_T_PATH,
+      .help = "File of accepted API keys, one per line ('#' comments); when set every request needs \"Authorization: Bearer <key>\" or \"X-API-Key: <key>\"" },
+    { .key = "tls_cert", .type = ORDERD_T_PATH,
+      .help = "PEM certificate (chain) for HTTPS; set together with tls_key" },
+    { .key = "tls_key", .type = ORDERD_T_PATH,
+      .help = "PEM private key for HTTPS; set together with tls_cert" },
+    { .key = NULL }
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static bool hp_valid_id(const char *s)
+{
+    size_t n = 0;
+
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return false;
+    }
+    return n >= 1 && n <= HP_ID_MAX;
+}
+
+static bool hp_valid_command(const char *s, size_t n)
+{
+    if (n < 1 || n > HP_CMD_MAX || !(s[0] >= 'a' && s[0] <= 'z'))
+        return false;
+    for (size_t i = 1; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static bool hp_valid_idem_key(const char *s)
+{
+    size_t n = 0;
+
+    for (; s[n]; n++)
+        if ((unsigned char)s[n] < 0x20 || (unsigned char)s[n] > 0x7e)
+            return false;
+    return n >= 1 && n <= HP_IDEM_MAX;
+}
+
+/* application/json, or any application/...+json, parameters ignored. */
+static bool hp_json_media_type(const char *ct)
+{
+    size_t n;
+
+    if (ct == NULL)
+        return false;
+    n = strcspn(ct, ";");
+    while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    if (n < 12 || strncasecmp(ct, "application/", 12) != 0)
+        return false;
+    if (n == 16 && strncasecmp(ct + 12, "json", 4) == 0)
+        return true;
+    return n > 17 && memchr(ct + 12, '/', n - 12) == NULL && strncasecmp(ct + n - 5, "+json", 5) == 0;
+}
+
+/* Constant time in the length of the stored key, whatever the candidate. */
+static bool hp_key_equal(const char *given, size_t glen, const char *key)
+{
+    size_t klen = strlen(key);
+    unsigned char diff = (unsigned char)(glen != klen);
+
+    for (size_t i = 0; i < klen; i++)
+        diff |= (unsigned char)((i < glen ? (unsigned char)given[i] : 0) ^ (unsigned char)key[i]);
+    return diff == 0;
+}
+
+static void hp_uuid_format(char out[37], const uint8_t b[16])
+{
+    static const char digits[] = "0123456789abcdef";
+    char *p = out;
+
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *p++ = '-';
+        *p++ = digits[b[i] >> 4];
+        *p++ = digits[b[i] & 15];
+    }
+    *p = '\0';
+}
+
+/* A random (version 4) UUID. */
+static int hp_uuid_random(char out[37])
+{
+    uint8_t b[16];
+    size_t got = 0;
+
+    while (got < sizeof b) {
+        ssize_t n = getrandom(b + got, sizeof b - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        got += (size_t)n;
+    }
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    hp_uuid_format(out, b);
+    return 0;
+}
+
+/* A UUID derived from a hash (version 8, "custom"), for ids that must come
+ * out the same when a client retries with the same Idempotency-Key. */
+static void hp_uuid_from_hash(char out[37], const uint8_t h[16])
+{
+    uint8_t b[16];
+
+    memcpy(b, h, 16);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x80);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    hp_uuid_format(out, b);
+}
+
+static void hp_hex128(char out[33], const uint8_t h[16])
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = digits[h[i] >> 4];
+        out[2 * i + 1] = digits[h[i] & 15];
+    }
+    out[32] = '\0';
+}
+
+static char *hp_read_file(const char *path, size_t max, size_t *len_out, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    char *buf = NULL;
+    size_t len = 0;
+
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    buf = malloc(max + 1);
+    if (buf == NULL) {
+        snprintf(err, errlen, "out of memory reading %s", path);
+        goto out;
+    }
+    len = fread(buf, 1, max + 1, f);
+    if (ferror(f) || len > max) {
+        snprintf(err, errlen, "cannot read %s: %s", path, ferror(f) ? strerror(errno) : "too large");
+        free(buf);
+        buf = NULL;
+        goto out;
+    }
+    buf[len] = '\0';
+    if (len_out)
+        *len_out = len;
+out:
+    fclose(f);
+    return buf;
+}
+
+/* ---- pending set ------------------------------------------------------ */
+
+static uint64_t hp_strhash(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static struct hp_pend **hp_pend_slot(struct hp *h, const char *id)
+{
+    struct hp_pend **pp = &h->pend_buckets[hp_strhash(id) & (h->pend_nbuckets - 1)];
+
+    while (*pp != NULL && strcmp((*pp)->id, id) != 0)
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+static void hp_pend_unlink(struct hp *h, struct hp_pend **slot)
+{
+    struct hp_pend *e = *slot;
+
+    *slot = e->hnext;
+    if (e->prev) e->prev->next = e->next; else h->pend_oldest = e->next;
+    if (e->next) e->next->prev = e->prev; else h->pend_newest = e->prev;
+    h->pend_count--;
+    free(e->id);
+    free(e);
+}
+
+static void hp_pend_add(struct hp *h, const char *id)
+{
+    if (h->pending_max == 0)
+        return;
+    pthread_mutex_lock(&h->pend_lock);
+    struct hp_pend **slot = hp_pend_slot(h, id);
+    if (*slot != NULL)
+        goto out;
+    if (h->pend_count >= h->pending_max)
+        hp_pend_unlink(h, hp_pend_slot(h, h->pend_oldest->id));
+    slot = hp_pend_slot(h, id);
+    struct hp_pend *e = calloc(1, sizeof *e);
+    if (e == NULL || (e->id = strdup(id)) == NULL) {
+        free(e);   /* only costs a 404 instead of "accepted" for this id */
+        goto out;
+    }
+    *slot = e;
+    e->prev = h->pend_newest;
+    if (h->pend_newest) h->pend_newest->next = e; else h->pend_oldest = e;
+    h->pend_newest = e;
+    h->pend_count++;
+out:
+    pthread_mutex_unlock(&h->pend_lock);
+}
+
+/* RETURNS: whether id was pending; removes it when remove is set. */
+static bool hp_pend_check(struct hp *h, const char *id, bool remove)
+{
+    bool found;
+
+    pthread_mutex_lock(&h->pend_lock);
+    struct hp_pend **slot = hp_pend_slot(h, id);
+    found = *slot != NULL;
+    if (found && remove)
+        hp_pend_unlink(h, slot);
+    pthread_mutex_unlock(&h->pend_lock);
+    return found;
+}
+
+/* ---- responses -------------------------------------------------------- */
+
+static void hp_count(struct hp *h, unsigned status)
+{
+    char name[32];
+
+    snprintf(name, sizeof name, "http_requests_%u", status);
+    h->host->metric_add(h->inst, name, 1);
+}
+
+/* Takes body (malloc'd, may be NULL for an empty body). */
+static struct MHD_Response *hp_resp(char *body, const char *ctype)
+{
+    struct MHD_Response *resp;
+
+    if (body == NULL)
+        return MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(body);
+        return NULL;
+    }
+    if (ctype != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    return resp;
+}
+
+/* Queues and releases resp (NULL = out of memory: drop the connection). */
+static hp_ret hp_queue(struct hp *h, struct MHD_Connection *c, unsigned status,
+                       struct MHD_Response *resp)
+{
+    hp_ret ret;
+
+    if (resp == NULL)
+        return MHD_NO;
+    hp_count(h, status);
+    ret = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* A problem+json response; extra (stolen, may be NULL) adds members. */
+static struct MHD_Response *hp_problem_resp(unsigned status, const char *type, const char *title,
+                                            const char *detail, json_t *extra)
+{
+    json_t *p = json_pack("{s:s, s:s, s:i, s:s?}", "type", type ? type : "about:blank",
+                          "title", title, "status", (int)status, "detail", detail);
+    char *body;
+
+    if (p == NULL) {
+        json_decref(extra);
+        return NULL;
+    }
+    if (extra != NULL)
+        json_object_update(p, extra);
+    json_decref(extra);
+    body = json_dumps(p, JSON_COMPACT);
+    json_decref(p);
+    return body ? hp_resp(body, "application/problem+json") : NULL;
+}
+
+static hp_ret hp_problem(struct hp *h, struct MHD_Connection *c, unsigned status,
+                         const char *type, const char *title, const char *detail, json_t *extra)
+{
+    return hp_queue(h, c, status, hp_problem_resp(status, type, title, detail, extra));
+}
+
+static hp_ret hp_not_allowed(struct hp *h, struct MHD_Connection *c, const char *method,
+                             const char *allow)
+{
+    char detail[128];
+    struct MHD_Response *resp;
+
+    snprintf(detail, sizeof detail, "%.32s is not allowed here; use %s", method, allow);
+    resp = hp_problem_resp(405, NULL, "Method Not Allowed", detail, NULL);
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    return hp_queue(h, c, 405, resp);
+}
+
+static hp_ret hp_options_reply(struct hp *h, struct MHD_Connection *c, const char *allow)
+{
+    struct MHD_Response *resp = hp_resp(NULL, NULL);
+
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    return hp_queue(h, c, 204, resp);
+}
+
+static hp_ret hp_json_reply(struct hp *h, struct MHD_Connection *c, unsigned status, json_t *doc)
+{
+    char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+
+    json_decref(doc);
+    if (body == NULL)
+        return hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+    return hp_queue(h, c, status, hp_resp(body, "application/json"));
+}
+
+/* An accepted (or replayed) answer; takes body. */
+static hp_ret hp_accepted_reply(struct hp *h, struct MHD_Connection *c, unsigned status,
+                                char *body, const char *location, bool replayed)
+{
+    struct MHD_Response *resp = hp_resp(body, "application/json");
+
+    if (resp != NULL && location != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
+    if (resp != NULL && replayed)
+        MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+    return hp_queue(h, c, status, resp);
+}
+
+/* ---- authentication --------------------------------------------------- */
+
+static bool hp_authorized(struct hp *h, struct MHD_Connection *c)
+{
+    const char *v;
+    size_t len;
+    bool ok = false;
+
+    if (h->n_api_keys == 0)
+        return true;
+    v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-API-Key");
+    if (v == NULL) {
+        v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (v == NULL || strncasecmp(v, "Bearer ", 7) != 0)
+            return false;
+        v += 7;
+        while (*v == ' ')
+            v++;
+    }
+    len = strlen(v);
+    /* Compare with every key, without stopping early, so timing says nothing. */
+    for (size_t i = 0; i < h->n_api_keys; i++)
+        ok |= hp_key_equal(v, len, h->api_keys[i]);
+    return ok;
+}
+
+static hp_ret hp_unauthorized(struct hp *h, struct MHD_Connection *c)
+{
+    struct MHD_Response *resp = hp_problem_resp(401, NULL, "Unauthorized",
+        "a valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)", NULL);
+
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"orderd\"");
+    return hp_queue(h, c, 401, resp);
+}
+
+/* ---- GET /orders/{id} ------------------------------------------------- */
+
+static hp_ret hp_get_order(struct hp *h, struct MHD_Connection *c, const char *id)
+{
+    json_t *doc = NULL;
+    int rc = h->host->lookup(h->inst, h->store_pipeline, id, &doc);
+
+    if (rc == 0) {
+        hp_pend_check(h, id, true);
+        return hp_json_reply(h, c, 200, doc);
+    }
+    if (rc == -ENOENT) {
+        if (hp_pend_check(h, id, false))
+            return hp_json_reply(h, c, 200, json_pack("{s:s, s:s, s:b}", "id", id,
+                                                      "status", "accepted", "processed", 0));
+        return hp_problem(h, c, 404, NULL, "Not Found", "no such order", json_pack("{s:s}", "id", id));
+    }
+    if (rc == -ENOTSUP)
+        return hp_problem(h, c, 501, NULL, "Not Implemented", "no store configured", NULL);
+    h->host->log(h->inst, ORDERD_LOG_WARN, "lookup of order %s failed: %s", id, strerror(-rc));
+    return hp_problem(h, c, 503, NULL, "Service Unavailable", "the order store cannot be read right now", NULL);
+}
+
+/* ---- POST: submit a command ------------------------------------------- */
+
+/* The part of a POST that is the same for create and lifecycle commands:
+ * reserve the Idempotency-Key, submit, record, answer.  body is stolen. */
+static hp_ret hp_submit(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
+                        const char *idem_key, json_t *body, const char *order_id, const char *cmd_id)
+{
+    char location[sizeof "/orders/" + HP_ID_MAX];
+    json_t *answer;
+    char *out = NULL;
+    orderd_msg *m;
+    int rc;
+
+    snprintf(location, sizeof location, "/orders/%s", order_id);
+    if (r->route == HP_R_COMMAND)
+        answer = json_pack("{s:s, s:s, s:s}", "id", order_id, "command", r->command,
+                           "status", "accepted");
+    else
+        answer = json_pack("{s:s, s:s}", "id", order_id, "status", "accepted");
+    out = answer ? json_dumps(answer, JSON_COMPACT) : NULL;
+    json_decref(answer);
+    m = out ? h->host->msg_new(h->inst, body) : (json_decref(body), NULL);
+    if (m == NULL) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    if ((cmd_id && h->host->msg_set_id(m, cmd_id) != 0) ||
+        h->host->msg_set_prop(m, "command", r->route == HP_R_COMMAND ? r->command : "create") != 0 ||
+        h->host->msg_set_prop(m, "order_id", order_id) != 0 ||
+        h->host->msg_set_partition_key(m, order_id) != 0) {
+        h->host->msg_free(m);
+        rc = -ENOMEM;
+        goto fail;
+    }
+    rc = h->host->submit(h->inst, m, 0);
+    if (rc != 0)
+        goto fail;
+
+    if (r->route == HP_R_ORDERS)
+        hp_pend_add(h, order_id);
+    if (idem_key != NULL) {
+        rc = http_idem_commit(h->idem, idem_key, 202, out, location);
+        /* The command is accepted and its id is derived from the key, so a
+         * retry after a lost record is deduplicated downstream anyway. */
+        if (rc != 0)
+            h->host->log(h->inst, ORDERD_LOG_WARN, "cannot record an Idempotency-Key: %s", strerror(-rc));
+    }
+    return hp_accepted_reply(h, c, 202, out, location, false);
+
+fail:
+    free(out);
+    if (idem_key != NULL)
+        http_idem_abort(h->idem, idem_key);
+    if (rc == -ENOSPC || rc == -EAGAIN) {
+        char ra[16];
+        struct MHD_Response *resp = hp_problem_resp(503, NULL, "Service Unavailable",
+            "the order spool is full; retry later", NULL);
+        snprintf(ra, sizeof ra, "%u", h->retry_after_s);
+        if (resp != NULL)
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+        return hp_queue(h, c, 503, resp);
+    }
+    if (rc == -ESHUTDOWN)
+        return hp_problem(h, c, 503, NULL, "Service Unavailable", "the service is shutting down", NULL);
+    h->host->log(h->inst, ORDERD_LOG_ERR, "cannot submit %s for order %s: %s",
+                 r->route == HP_R_COMMAND ? r->command : "create", order_id, strerror(-rc));
+    return hp_problem(h, c, 500, NULL, "Internal Server Error", "the order was not accepted", NULL);
+}
+
+static hp_ret hp_post(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
+                      const char *method, const char *url)
+{
+    const char *idem_key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Idempotency-Key");
+    char order_id[HP_ID_MAX + 1];
+    char cmd_id[sizeof "idem-" + 32];
+    uint8_t rhash[16], khash[16];
+    json_error_t jerr;
+    json_t *body;
+
+    if (r->too_large) {
+        char detail[96];
+        snprintf(detail, sizeof detail, "the body is larger than %zu bytes", h->max_body);
+        return hp_problem(h, c, 413, NULL, "Payload Too Large", detail, NULL);
+    }
+    if (r->len > 0 && !r->json_ct)
+        return hp_problem(h, c, 415, NULL, "Unsupported Media Type",
+                          "send the body as application/json", NULL);
+    if (r->len == 0 && r->route == HP_R_COMMAND) {
+        body = json_object();
+    } else {
+        body = json_loadb(r->buf ? r->buf : "", r->len, JSON_REJECT_DUPLICATES, &jerr);
+        if (body == NULL)
+            return hp_problem(h, c, 400, NULL, "Bad Request", jerr.text,
+                              json_pack("{s:{s:i, s:i, s:I}}", "position", "line", jerr.line,
+                                        "column", jerr.column, "offset", (json_int_t)jerr.position));
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        return hp_problem(h, c, 400, NULL, "Bad Request", "the body must be a JSON object", NULL);
+    }
+
+    if (r->route == HP_R_COMMAND) {
+        snprintf(order_id, sizeof order_id, "%s", r->order_id);
+    } else {
+        json_t *jid = json_object_get(body, "id");
+        if (jid != NULL && (!json_is_string(jid) || !hp_valid_id(json_string_value(jid)))) {
+            json_decref(body);
+            return hp_problem(h, c, 422, NULL, "Unprocessable Content",
+                              "id must be a string of 1 to 128 characters from A-Z a-z 0-9 . _ : -",
+                              json_pack("{s:s}", "field", "/id"));
+        }
+        if (h->schema != NULL) {
+            char err[512];
+            int vrc = jsonschema_validate(h->schema, body, err, sizeof err);
+            if (vrc != 0) {
+                json_decref(body);
+                if (vrc < 0)
+                    return hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+                /* "<pointer>: <rule>" -> field and detail */
+                char *sep = strstr(err, ": ");
+                const char *field = "/", *detail = err;
+                if (sep != NULL && err[0] == '/') {
+                    *sep = '\0';
+                    field = err;
+                    detail = sep + 2;
+                }
+                return hp_problem(h, c, 422, NULL, "Unprocessable Content", detail,
+                                  json_pack("{s:s}", "field", field));
+            }
+        }
+        if (jid != NULL)
+            snprintf(order_id, sizeof order_id, "%s", json_string_value(jid));
+    }
+
+    if (idem_key != NULL) {
+        const void *kb[] = { "order", idem_key };
+        const size_t kl[] = { 5, strlen(idem_key) };
+        const void *rb[] = { method, url, r->buf ? r->buf : "" };
+        const size_t rl[] = { strlen(method), strlen(url), r->len };
+        int status = 0;
+        char *stored = NULL, *location = NULL;
+
+        http_hash128(rhash, rb, rl, 3);
+        switch (http_idem_begin(h->idem, idem_key, rhash, &status, &stored, &location)) {
+        case HTTP_IDEM_NEW:
+            break;
+        case HTTP_IDEM_REPLAY: {
+            json_decref(body);
+            hp_ret ret = hp_accepted_reply(h, c, (unsigned)status, stored, location, true);
+            free(location);
+            return ret;
+        }
+        case HTTP_IDEM_MISMATCH:
+            json_decref(body);
+            return hp_problem(h, c, 422, "urn:orderd:problem:idempotency-key-reused",
+                              "Idempotency-Key reused with a different request",
+                              "this key was already used for a request with another method, path or body",
+                              NULL);
+        case HTTP_IDEM_BUSY:
+            json_decref(body);
+            return hp_problem(h, c, 409, "urn:orderd:problem:idempotency-key-in-use", "Conflict",
+                              "a request with this Idempotency-Key is still being processed", NULL);
+        default:
+            json_decref(body);
+            return hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+        }
+        /* Deterministic ids: a retry after a crash between spool and record
+         * yields the same command (and order), which downstream dedups. */
+        const void *cb[] = { "command", url, idem_key };
+        const size_t cl[] = { 7, strlen(url), strlen(idem_key) };
+        char hex[33];
+        http_hash128(khash, cb, cl, 3);
+        hp_hex128(hex, khash);
+        snprintf(cmd_id, sizeof cmd_id, "idem-%s", hex);
+        if (r->route == HP_R_ORDERS && json_object_get(body, "id") == NULL) {
+            http_hash128(khash, kb, kl, 2);
+            hp_uuid_from_hash(order_id, khash);
+        }
+    } else if (r->route == HP_R_ORDERS && json_object_get(body, "id") == NULL) {
+        if (hp_uuid_random(order_id) != 0) {
+            json_decref(body);
+            return hp_problem(h, c, 500, NULL, "Internal Server Error", "no randomness for an id", NULL);
+        }
+    }
+    if (r->route == HP_R_ORDERS && json_object_get(body, "id") == NULL &&
+        json_object_set_new(body, "id", json_string(order_id)) != 0) {
+        json_decref(body);
+        if (idem_key != NULL)
+            http_idem_abort(h->idem, idem_key);
+        return hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+    }
+    return hp_submit(h, c, r, idem_key, body, order_id, idem_key ? cmd_id : NULL);
+}
+
+/* ---- routing ---------------------------------------------------------- */
+
+/* Parses url into r; returns the Allow list of the resource, or NULL (404). */
+static const char *hp_route(struct hp_req *r, const char *url)
+{
+    const char *p, *slash;
+    size_t n;
+
+    if (strncmp(url, "/orders", 7) != 0)
+        return NULL;
+    p = url + 7;
+    if (*p == '\0') {
+        r->route = HP_R_ORDERS;
+        return "POST, OPTIONS";
+    }
+    if (*p++ != '/')
+        return NULL;
+    slash = strchr(p, '/');
+    n = slash ? (size_t)(slash - p) : strlen(p);
+    if (n < 1 || n > HP_ID_MAX)
+        return NULL;
+    memcpy(r->order_id, p, n);
+    r->order_id[n] = '\0';
+    if (!hp_valid_id(r->order_id))
+        return NULL;
+    if (slash == NULL) {
+        r->route = HP_R_ORDER;
+        return "GET, HEAD, OPTIONS";
+    }
+    p = slash + 1;
+    n = strlen(p);
+    if (!hp_valid_command(p, n))
+        return NULL;
+    memcpy(r->command, p, n + 1);
+    r->route = HP_R_COMMAND;
+    return "POST, OPTIONS";
+}
+
+/* The first call for a request: headers are in, the body is not.  Answers
+ * whatever can be answered without the body, so oversized or unwanted
+ * bodies are never read. */
+static hp_ret hp_begin(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
+                       const char *url, const char *method)
+{
+    const char *allow;
+
+    if (strcmp(url, "/healthz") == 0) {
+        if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+            return (r->answered = true, hp_not_allowed(h, c, method, "GET, HEAD"));
+        r->answered = true;
+        return hp_queue(h, c, 200, hp_resp(strdup("{\"status\":\"ok\"}"), "application/json"));
+    }
+    r->answered = true;   /* every branch below answers, except a POST that reads its body */
+    if (!hp_authorized(h, c))
+        return hp_unauthorized(h, c);
+    allow = hp_route(r, url);
+    if (allow == NULL)
+        return hp_problem(h, c, 404, NULL, "Not Found", "no such resource", NULL);
+    if (strcmp(method, "OPTIONS") == 0)
+        return hp_options_reply(h, c, allow);
+    if (atomic_load(&h->stopping))
+        return hp_problem(h, c, 503, NULL, "Service Unavailable", "the service is shutting down", NULL);
+
+    if (r->route == HP_R_ORDER) {
+        if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+            return hp_not_allowed(h, c, method, allow);
+        return hp_get_order(h, c, r->order_id);
+    }
+    if (strcmp(method, "POST") != 0)
+        return hp_not_allowed(h, c, method, allow);
+
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    r->json_ct = hp_json_media_type(ct);
+    if ((ct != NULL || r->route == HP_R_ORDERS) && !r->json_ct)
+        return hp_problem(h, c, 415, NULL, "Unsupported Media Type",
+                          "send the body as application/json", NULL);
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > h->max_body) {
+        char detail[96];
+        snprintf(detail, sizeof detail, "the body is larger than %zu bytes", h->max_body);
+        return hp_problem(h, c, 413, NULL, "Payload Too Large", detail, NULL);
+    }
+    const char *key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Idempotency-Key");
+    if (key != NULL && !hp_valid_idem_key(key))
+        return hp_problem(h, c, 400, NULL, "Bad Request",
+                          "Idempotency-Key must be 1 to 255 printable ASCII characters", NULL);
+    r->answered = false;
+    return MHD_YES;
+}
+
+static hp_ret hp_handler(void *cls, struct MHD_Connection *c, const char *url,
+                         const char *method, const char *version, const char *upload,
+                         size_t *upload_size, void **con_cls)
+{
+    struct hp *h = cls;
+    struct hp_req *r = *con_cls;
+
+    if (r == NULL) {
+        r = calloc(1, sizeof *r);
+        if (r == NULL)
+            return MHD_NO;
+        *con_cls = r;
+        return hp_begin(h, c, r, url, method);
+    }
+    if (*upload_size > 0) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (r->answered || r->too_large)
+            return MHD_YES;
+        if (r->len + n > h->max_body) {
+            /* Chunked bodies have no Content-Length to refuse up front:
+             * drop what was read and discard the rest. */
+            r->too_large = true;
+            free(r->buf);
+            r->buf = NULL;
+            r->len = r->cap = 0;
+            return MHD_YES;
+        }
+        if (r->len + n > r->cap) {
+            size_t cap = r->cap ? r->cap : 4096;
+            while (cap < r->len + n)
+                cap *= 2;
+            char *nb = realloc(r->buf, cap);
+            if (nb == NULL)
+                return MHD_NO;
+            r->buf = nb;
+            r->cap = cap;
+        }
+        memcpy(r->buf + r->len, upload, n);
+        r->len += n;
+        return MHD_YES;
+    }
+    if (r->answered)
+        return MHD_YES;
+    r->answered = true;
+    return hp_post(h, c, r, method, url);
+}
+
+static void hp_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct hp_req *r = *con_cls;
+
+    if (r != NULL) {
+        free(r->buf);
+        free(r);
+        *con_cls = NULL;
+    }
+}
+
+static void hp_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    struct hp *h = cls;
+
+    h->host->vlog(h->inst, ORDERD_LOG_WARN, fmt, ap);
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+static int hp_parse_listen(struct hp *h, const char *s)
+{
+    const char *colon, *host_end, *host = s;
+
+    if (s[0] == '[') {
+        host_end = strchr(s, ']');
+        if (host_end == NULL || host_end[1] != ':')
+            return -EINVAL;
+        host = s + 1;
+        colon = host_end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL)
+            return -EINVAL;
+        host_end = colon;
+    }
+    char *end;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || port > 65535)
+        return -EINVAL;
+    h->listen_port = strdup(colon + 1);
+    if (host_end > host && !(host_end - host == 1 && host[0] == '*'))
+        h->listen_host = strndup(host, (size_t)(host_end - host));
+    if (h->listen_port == NULL || (host_end > host && host[0] != '*' && h->listen_host == NULL))
+        return -ENOMEM;
+    return 0;
+}
+
+static int hp_load_api_keys(struct hp *h, const char *path)
+{
+    char err[256];
+    char *text = hp_read_file(path, 1 << 20, NULL, err, sizeof err), *save = NULL;
+    int rc = 0;
+
+    if (text == NULL) {
+        h->host->log(h->inst, ORDERD_LOG_ERR, "api_keys_file: %s", err);
+        return -EINVAL;
+    }
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        while (*line == ' ' || *line == '\t')
+            line++;
+        size_t n = strlen(line);
+        while (n > 0 && (line[n - 1] == ' ' || line[n - 1] == '\t' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        if (n == 0 || line[0] == '#')
+            continue;
+        char **nk = realloc(h->api_keys, (h->n_api_keys + 1) * sizeof *nk);
+        if (nk == NULL || (nk[h->n_api_keys] = strdup(line)) == NULL) {
+            if (nk != NULL)
+                h->api_keys = nk;
+            rc = -ENOMEM;
+            goto out;
+        }
+        h->api_keys = nk;
+        h->n_api_keys++;
+    }
+    if (h->n_api_keys == 0) {
+        /* An empty file would silently lock every client out. */
+        h->host->log(h->inst, ORDERD_LOG_ERR, "api_keys_file %s holds no keys", path);
+        rc = -EINVAL;
+    }
+out:
+    explicit_bzero(text, strlen(text));
+    free(text);
+    return rc;
+}
+
+static int hp_load_schema(struct hp *h, const char *path)
+{
+    json_error_t jerr;
+    char err[512];
+    json_t *doc = json_load_file(path, 0, &jerr);
+
+    if (doc == NULL) {
+        h->host->log(h->inst, ORDERD_LOG_ERR, "schema %s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+        return -EINVAL;
+    }
+    h->schema = jsonschema_compile(doc, err, sizeof err);
+    json_decref(doc);
+    if (h->schema == NULL) {
+        h->host->log(h->inst, ORDERD_LOG_ERR, "schema %s: %s", path, err);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int hp_open_idem(struct hp *h, const json_t *conf)
+{
+    const char *path = json_string_value(json_object_get(conf, "idempotency_file"));
+    char *own = NULL, err[512];
+    size_t loaded, skipped;
+    int rc;
+
+    if (path == NULL) {
+        const char *dir = h->host->state_dir();
+        const char *p = h->host->pipeline_name(h->inst), *s = h->host->stage_name(h->inst);
+        if (asprintf(&own, "%s/http/%s.%s.idempotency", dir ? dir : ".", p ? p : "main", s ? s : "http") < 0)
+            return -ENOMEM;
+        /* Names come from the config; keep them inside the directory. */
+        for (char *q = own + strlen(dir ? dir : ".") + 6; *q; q++)
+            if (*q == '/')
+                *q = '_';
+        path = own;
+    }
+    json_int_t ttl = json_integer_value(json_object_get(conf, "idempotency_ttl"));
+    rc = http_idem_open(&h->idem, path, ttl, &loaded, &skipped, err, sizeof err);
+    if (rc < 0)
+        h->host->log(h->inst, ORDERD_LOG_ERR, "idempotency_file: %s", err);
+    else if (skipped > 0)
+        h->host->log(h->inst, ORDERD_LOG_WARN, "%s: skipped %zu unreadable records", path, skipped);
+    free(own);
+    return rc;
+}
+
+static void hp_destroy(void *state);
+
+static int hp_create(orderd_inst *inst, const orderd_host *host, const json_t *conf, void **state)
+{
+    struct hp *h = calloc(1, sizeof *h);
+    const char *s;
+    char err[256];
+    int rc = -EINVAL;
+
+    if (h == NULL)
+        return -ENOMEM;
+    h->inst = inst;
+    h->host = host;
+    h->listen_fd = -1;
+    pthread_mutex_init(&h->pend_lock, NULL);
+
+    s = json_string_value(json_object_get(conf, "listen"));
+    if (s == NULL || (rc = hp_parse_listen(h, s)) != 0) {
+        host->log(inst, ORDERD_LOG_ERR, "listen \"%s\": expected host:port, [ipv6]:port or *:port",
+                  s ? s : "");
+        rc = rc ? rc : -EINVAL;
+        goto fail;
+    }
+    json_int_t threads = json_integer_value(json_object_get(conf, "threads"));
+    json_int_t maxc = json_integer_value(json_object_get(conf, "max_connections"));
+    json_int_t pmax = json_integer_value(json_object_get(conf, "pending_max"));
+    json_int_t timeout = json_integer_value(json_object_get(conf, "request_timeout"));
+    json_int_t retry = json_integer_value(json_object_get(conf, "retry_after"));
+    json_int_t mh = json_integer_value(json_object_get(conf, "max_header"));
+    json_int_t mb = json_integer_value(json_object_get(conf, "max_body"));
+    rc = -EINVAL;
+    if (threads < 0 || threads > 1024) {
+        host->log(inst, ORDERD_LOG_ERR, "threads must be 0 to 1024");
+        goto fail;
+    }
+    if (maxc < 1 || maxc > 1000000 || pmax < 0 || mh < 1024 || mb < 1 || timeout < 0 || retry < 0) {
+        host->log(inst, ORDERD_LOG_ERR, "max_connections, pending_max, max_header (>= 1KiB), max_body, "
+                  "request_timeout and retry_after must be positive");
+        goto fail;
+    }
+    h->threads = (unsigned)threads;
+    h->max_connections = (unsigned)maxc;
+    h->pending_max = (size_t)pmax;
+    h->timeout_s = (unsigned)((timeout + 999) / 1000);
+    h->retry_after_s = retry > 0 ? (unsigned)((retry + 999) / 1000) : 1;
+    h->max_header = (size_t)mh;
+    h->max_body = (size_t)mb;
+
+    s = json_string_value(json_object_get(conf, "store_pipeline"));
+    if (s != NULL && (h->store_pipeline = strdup(s)) == NULL)
+        goto nomem;
+
+    /* Sized once for pending_max so no rehashing happens under the lock. */
+    h->pend_nbuckets = 1024;
+    while (h->pend_nbuckets < h->pending_max && h->pend_nbuckets < (1u << 20))
+        h->pend_nbuckets *= 2;
+    h->pend_buckets = calloc(h->pend_nbuckets, sizeof *h->pend_buckets);
+    if (h->pend_buckets == NULL)
+        goto nomem;
+
+    s = json_string_value(json_object_get(conf, "api_keys_file"));
+    if (s != NULL && (rc = hp_load_api_keys(h, s)) != 0)
+        goto fail;
+    s = json_string_value(json_object_get(conf, "schema"));
+    if (s != NULL && (rc = hp_load_schema(h, s)) != 0)
+        goto fail;
+
+    const char *cert = json_string_value(json_object_get(conf, "tls_cert"));
+    const char *key = json_string_value(json_object_get(conf, "tls_key"));
+    if ((cert == NULL) != (key == NULL)) {
+        host->log(inst, ORDERD_LOG_ERR, "tls_cert and tls_key go together: set both or neither");
+        rc = -EINVAL;
+        goto fail;
+    }
+    if (cert != NULL) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            host->log(inst, ORDERD_LOG_ERR, "this libmicrohttpd was built without TLS support");
+            rc = -ENOTSUP;
+            goto fail;
+        }
+        h->tls_cert = hp_read_file(cert, 1 << 20, NULL, err, sizeof err);
+        if (h->tls_cert == NULL) {
+            host->log(inst, ORDERD_LOG_ERR, "tls_cert: %s", err);
+            rc = -EINVAL;
+            goto fail;
+        }
+        h->tls_key = hp_read_file(key, 1 << 20, NULL, err, sizeof err);
+        if (h->tls_key == NULL) {
+            host->log(inst, ORDERD_LOG_ERR, "tls_key: %s", err);
+            rc = -EINVAL;
+            goto fail;
+        }
+    }
+    rc = hp_open_idem(h, conf);
+    if (rc != 0)
+        goto fail;
+    *state = h;
+    return 0;
+
+nomem:
+    host->log(inst, ORDERD_LOG_ERR, "out of memory");
+    rc = -ENOMEM;
+fail:
+    hp_destroy(h);
+    return rc;
+}
+
+/* Binds the listening socket ourselves: the bound port is then known for
+ * any MHD version (port 0 in tests), and bind errors are reported clearly. */
+static int hp_bind(struct hp *h)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+    struct addrinfo *res = NULL, *ai;
+    int rc, fd = -1, one = 1, err = 0;
+
+    rc = getaddrinfo(h->listen_host, h->listen_port, &hints, &res);
+    if (rc != 0) {
+        h->host->log(h->inst, ORDERD_LOG_ERR, "listen %s: %s", h->listen_host ? h->listen_host : "*",
+                     gai_strerror(rc));
+        return -EINVAL;
+    }
+    /* Without a host, prefer IPv6 dual-stack so one socket takes both families. */
+    for (int pass = 0; pass < 2 && fd < 0; pass++) {
+        for (ai = res; ai != NULL; ai = ai->ai_next) {
+            if (h->listen_host == NULL && pass == 0 && ai->ai_family != AF_INET6)
+                continue;
+            fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+            if (fd < 0) {
+                err = errno;
+                continue;
+            }
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (ai->ai_family == AF_INET6) {
+                int v6only = h->listen_host != NULL;
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+            }
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+                break;
+            err = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        h->host->log(h->inst, ORDERD_LOG_ERR, "cannot listen on %s:%s: %s",
+                     h->listen_host ? h->listen_host : "*", h->listen_port, strerror(err));
+        return err ? -err : -EADDRNOTAVAIL;
+    }
+    h->listen_fd = fd;
+    return 0;
+}
+
+static int hp_bound_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static int hp_start(void *state)
+{
+    struct hp *h = state;
+    struct MHD_OptionItem opts[16];
+    unsigned flags = MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    size_t n = 0;
+    int rc;
+
+    atomic_store(&h->stopping, false);
+    rc = hp_bind(h);
+    if (rc != 0)
+        return rc;
+    if (h->threads == 0) {
+        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
+    } else {
+        flags |= MHD_USE_AUTO_INTERNAL_THREAD;
+        if (h->threads > 1)
+            opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_THREAD_POOL_SIZE, h->threads, NULL };
+    }
+    if (h->tls_cert != NULL) {
+        flags |= MHD_USE_TLS;
+        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert };
+        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key };
+    }
+    /* The per-connection pool holds the request headers plus MHD's read and
+     * write buffers, hence the headroom over max_header. */
+    opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                                         (intptr_t)(h->max_header + 16 * 1024), NULL };
+    opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_LIMIT, h->max_connections, NULL };
+    opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_TIMEOUT, h->timeout_s, NULL };
+    opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, h->listen_fd, NULL };
+    opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
+
+    h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, hp_handler, h,
+                              MHD_OPTION_EXTERNAL_LOGGER, hp_mhd_log, h,
+                              MHD_OPTION_NOTIFY_COMPLETED, hp_completed, h,
+                              MHD_OPTION_ARRAY, opts,
+                              MHD_OPTION_END);
+    if (h->mhd == NULL) {
+        h->host->log(h->inst, ORDERD_LOG_ERR, "cannot start the HTTP server");
+        close(h->listen_fd);
+        h->listen_fd = -1;
+        return -EIO;
+    }
+    int port = hp_bound_port(h->listen_fd);
+    h->host->log(h->inst, ORDERD_LOG_INFO, "Order API listening on %s%s%s:%d%s",
+                 h->listen_host && strchr(h->listen_host, ':') ? "[" : "",
+                 h->listen_host ? h->listen_host : "*",
+                 h->listen_host && strchr(h->listen_host, ':') ? "]" : "",
+                 port, h->tls_cert ? " (TLS)" : "");
+    h->host->metric_set(h->inst, "http_port", port);
+    return 0;
+}
+
+static void hp_stop(void *state)
+{
+    struct hp *h = state;
+
+    if (h->mhd == NULL)
+        return;
+    /* New requests on open connections get 503; stop accepting connections
+     * first, then let MHD finish the requests it is running and close. */
+    atomic_store(&h->stopping, true);
+    MHD_socket fd = MHD_quiesce_daemon(h->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    MHD_stop_daemon(h->mhd);
+    h->mhd = NULL;
+    h->listen_fd = -1;
+}
+
+static void hp_destroy(void *state)
+{
+    struct hp *h = state;
+
+    if (h == NULL)
+        return;
+    hp_stop(h);
+    struct hp_pend *e = h->pend_oldest, *next;
+    for (; e != NULL; e = next) {
+        next = e->next;
+        free(e->id);
+        free(e);
+    }
+    free(h->pend_buckets);
+    for (size_t i = 0; i < h->n_api_keys; i++) {
+        explicit_bzero(h->api_keys[i], strlen(h->api_keys[i]));
+        free(h->api_keys[i]);
+    }
+    free(h->api_keys);
+    if (h->tls_key != NULL)
+        explicit_bzero(h->tls_key, strlen(h->tls_key));
+    free(h->tls_key);
+    free(h->tls_cert);
+    jsonschema_free(h->schema);
+    http_idem_close(h->idem);
+    free(h->store_pipeline);
+    free(h->listen_host);
+    free(h->listen_port);
+    pthread_mutex_destroy(&h->pend_lock);
+    free(h);
+}
+
+static const orderd_stage hp_input = ORDERD_STAGE(
+    .kind = ORDERD_INPUT,
+    .description = "Order API over HTTP: POST /orders, POST /orders/{id}/{command}, GET /orders/{id}",
+    .options = hp_options,
+    .create = hp_create,
+    .start = hp_start,
+    .stop = hp_stop,
+    .destroy = hp_destroy);
+
+static const orderd_stage *const hp_stages[] = { &hp_input, NULL };
+
+ORDERD_PLUGIN(.name = "http", .version = "1.0",
+              .description = "Order API input (libmicrohttpd)",
+              .maintainer = "orderd developers",
+              .stages = hp_stages);

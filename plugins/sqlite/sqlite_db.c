@@ -1,0 +1,277 @@
+/* sqlite_db.c - opening the database the same way for every stage: WAL,
+ * pragmas, and the schema with its migrations.
+ *
+ * Schema history (PRAGMA user_version):
+ *   1  events (append-only stream), snapshots (latest document per id),
+ *      cursors (feed consumers' positions).
+ * A migration to N+1 is one more step in sq_schema(), run in the same
+ * BEGIN IMMEDIATE transaction, so two stages opening one file at once
+ * cannot both create it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "sq.h"
+
+static const char sq_schema_v1[] =
+    "CREATE TABLE IF NOT EXISTS events ("
+    "  seq     INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  id      TEXT NOT NULL UNIQUE,"
+    "  stream  TEXT NOT NULL,"
+    "  version INTEGER,"
+    "  type    TEXT,"
+    "  time    TEXT,"
+    "  body    TEXT NOT NULL);"
+    /* replaying one order's stream is the usual query after the feed */
+    "CREATE INDEX IF NOT EXISTS events_stream ON events(stream, version);"
+    "CREATE TABLE IF NOT EXISTS snapshots ("
+    "  id         TEXT PRIMARY KEY,"
+    "  version    INTEGER NOT NULL,"
+    "  status     TEXT,"
+    "  body       TEXT NOT NULL,"
+    "  updated_ms INTEGER);"
+    "CREATE TABLE IF NOT EXISTS cursors ("
+    "  consumer   TEXT PRIMARY KEY,"
+    "  seq        INTEGER NOT NULL,"
+    "  updated_ms INTEGER);";
+
+int
+sq_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+int
+sq_errno(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return 0;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+        return -EACCES;
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_CANTOPEN:
+    case SQLITE_NOTFOUND:
+        return -ENOENT;
+    case SQLITE_CONSTRAINT:
+    case SQLITE_MISMATCH:
+    case SQLITE_TOOBIG:
+    case SQLITE_RANGE:
+        return -EINVAL;
+    default:
+        return -EIO;
+    }
+}
+
+int
+sq_transient(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_NOMEM:
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PROTOCOL:
+    case SQLITE_INTERRUPT:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int64_t
+sq_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int
+sq_prepare(orderd_inst *inst, const orderd_host *h, sqlite3 *db, const char *sql,
+           sqlite3_stmt **out)
+{
+    int rc;
+
+    /* PERSISTENT: these statements live as long as the connection */
+    rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL);
+    if (rc != SQLITE_OK) {
+        h->log(inst, ORDERD_LOG_ERR, "sqlite: cannot prepare \"%s\": %s", sql,
+               sqlite3_errmsg(db));
+        *out = NULL;
+        return sq_errno(rc) ? sq_errno(rc) : -EIO;
+    }
+    return 0;
+}
+
+static int
+sq_user_version(sqlite3 *db, int *version)
+{
+    sqlite3_stmt *st;
+    int           rc;
+
+    rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *version = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Create or migrate the schema in one write transaction. */
+static int
+sq_schema(orderd_inst *inst, const orderd_host *h, sqlite3 *db, const char *path)
+{
+    char sql[64];
+    int  version = 0;
+    int  rc;
+
+    rc = sq_exec(db, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK) {
+        h->log(inst, ORDERD_LOG_ERR, "sqlite: %s: cannot lock for schema setup: %s", path,
+               sqlite3_errmsg(db));
+        return sq_errno(rc);
+    }
+    rc = sq_user_version(db, &version);
+    if (rc != SQLITE_OK)
+        goto fail;
+    if (version > SQ_SCHEMA_VERSION) {
+        /* never guess at a newer layout: refusing keeps the data intact */
+        h->log(inst, ORDERD_LOG_ERR,
+               "sqlite: %s: schema version %d is newer than this plugin's %d; upgrade orderd",
+               path, version, SQ_SCHEMA_VERSION);
+        sq_exec(db, "ROLLBACK");
+        return -EPROTO;
+    }
+    if (version < 1) {
+        rc = sq_exec(db, sq_schema_v1);
+        if (rc != SQLITE_OK)
+            goto fail;
+    }
+    /* future: if (version < 2) { ALTER ... } */
+    if (version != SQ_SCHEMA_VERSION) {
+        snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", SQ_SCHEMA_VERSION);
+        rc = sq_exec(db, sql);
+        if (rc != SQLITE_OK)
+            goto fail;
+    }
+    rc = sq_exec(db, "COMMIT");
+    if (rc != SQLITE_OK)
+        goto fail;
+    return 0;
+
+fail:
+    h->log(inst, ORDERD_LOG_ERR, "sqlite: %s: schema setup failed: %s", path,
+           sqlite3_errmsg(db));
+    sq_exec(db, "ROLLBACK");
+    return sq_errno(rc) ? sq_errno(rc) : -EIO;
+}
+
+/* Switch to WAL: readers (lookups, the feed) never block the writer. */
+static int
+sq_wal(orderd_inst *inst, const orderd_host *h, sqlite3 *db, const char *path)
+{
+    sqlite3_stmt *st;
+    const char   *mode;
+    int           rc, ret = 0;
+
+    rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sqlite3_finalize(st);
+        goto fail;
+    }
+    mode = (const char *) sqlite3_column_text(st, 0);
+    if (mode == NULL || strcmp(mode, "wal") != 0) {
+        /* e.g. a file system without shared memory: concurrency would suffer silently */
+        h->log(inst, ORDERD_LOG_ERR, "sqlite: %s: cannot use WAL mode (journal_mode is %s)",
+               path, mode ? mode : "?");
+        ret = -ENOTSUP;
+    }
+    sqlite3_finalize(st);
+    return ret;
+
+fail:
+    h->log(inst, ORDERD_LOG_ERR, "sqlite: %s: cannot set WAL mode: %s", path,
+           sqlite3_errmsg(db));
+    return sq_errno(rc) ? sq_errno(rc) : -EIO;
+}
+
+int
+sq_open(orderd_inst *inst, const orderd_host *h, const struct sq_open_opts *o,
+        sqlite3 **out)
+{
+    sqlite3 *db = NULL;
+    char     sql[96];
+    int      flags, rc, ret;
+
+    *out = NULL;
+    if (!sqlite3_threadsafe()) {
+        h->log(inst, ORDERD_LOG_ERR, "sqlite: the SQLite library was built without thread support");
+        return -ENOTSUP;
+    }
+    /* NOMUTEX: every connection is used by one thread at a time, under our locks */
+    flags = SQLITE_OPEN_NOMUTEX
+          | (o->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    rc = sqlite3_open_v2(o->path, &db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        h->log(inst, ORDERD_LOG_ERR, "sqlite: cannot open %s: %s", o->path,
+               db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        ret = sq_errno(rc) ? sq_errno(rc) : -EIO;
+        goto fail;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, o->busy_timeout_ms > INT32_MAX ? INT32_MAX
+                                                            : (int) o->busy_timeout_ms);
+    if (o->readonly) {
+        *out = db;
+        return 0;
+    }
+    ret = sq_wal(inst, h, db, o->path);
+    if (ret < 0)
+        goto fail;
+    /* with WAL, FULL syncs the log on every commit: a committed batch survives power loss */
+    rc = sq_exec(db, o->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+    if (rc != SQLITE_OK)
+        goto sqlfail;
+    if (o->journal_size_limit >= 0) {
+        snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit=%lld",
+                 (long long) o->journal_size_limit);
+        rc = sq_exec(db, sql);
+        if (rc != SQLITE_OK)
+            goto sqlfail;
+    }
+    ret = sq_schema(inst, h, db, o->path);
+    if (ret < 0)
+        goto fail;
+    *out = db;
+    return 0;
+
+sqlfail:
+    h->log(inst, ORDERD_LOG_ERR, "sqlite: %s: %s", o->path, sqlite3_errmsg(db));
+    ret = sq_errno(rc) ? sq_errno(rc) : -EIO;
+fail:
+    sqlite3_close(db);
+    return ret;
+}

@@ -1,0 +1,551 @@
+/* sqlite_store.c - the store stage: an append-only event stream plus the
+ * latest snapshot of every order, written together in one transaction.
+ *
+ * A message whose body follows the event contract (an object with "type"
+ * and "snapshot") is appended to `events` (a duplicate event id is a no-op,
+ * which makes redelivery harmless) and its snapshot replaces the order's row
+ * in `snapshots` only when its version is newer.  Any other message is kept
+ * as a plain document: a `snapshots` row under the message id with version 0
+ * and no event, replaced by a later document under the same id but never
+ * over an event-sourced snapshot.
+ *
+ * Concurrency: one write connection behind wlock (SQLite has one writer per
+ * file anyway); lookups come from many worker threads at once and use a
+ * small pool of read-only connections, which WAL lets read while the writer
+ * commits.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sq.h"
+
+#define SQS_MAX_READERS 64
+
+struct sqs_reader {
+    sqlite3      *db;
+    sqlite3_stmt *snapshot;
+    sqlite3_stmt *event;
+};
+
+struct sqs {
+    orderd_inst         *inst;
+    const orderd_host   *h;
+    char                *path;
+    struct sq_open_opts  oo;
+
+    pthread_mutex_t      wlock;     /* the write connection and its statements */
+    sqlite3             *wdb;
+    sqlite3_stmt        *ins_event;
+    sqlite3_stmt        *ins_snap;
+    sqlite3_stmt        *upd_snap;
+    sqlite3_stmt        *sp_begin;
+    sqlite3_stmt        *sp_release;
+    sqlite3_stmt        *sp_rollback;
+
+    pthread_mutex_t      rlock;     /* the reader pool */
+    pthread_cond_t       rcond;
+    struct sqs_reader   *idle[SQS_MAX_READERS];
+    size_t               nidle;
+    size_t               nreaders;  /* open, idle or in use */
+    size_t               max_readers;
+};
+
+/* One message, checked and encoded before anything touches the database. */
+struct sqs_rec {
+    const char *event_id;   /* NULL: a plain document */
+    const char *key;        /* snapshot row: the order id, or the message id */
+    json_int_t  version;
+    const char *type;
+    const char *time;
+    const char *status;
+    char       *event_txt;
+    char       *snap_txt;
+};
+
+static const orderd_option sqs_options[] = {
+    { .key = "path", .type = ORDERD_T_PATH, .flags = ORDERD_OPT_STATE, .def = "orders.db",
+      .help = "SQLite database file holding events and snapshots (relative: in the state directory)" },
+    { .key = "busy_timeout", .type = ORDERD_T_DURATION, .def = "5s",
+      .help = "how long to wait for a lock held by another connection before retrying the batch" },
+    { .key = "synchronous", .type = ORDERD_T_STRING, .def = "full", .choices = "full|normal",
+      .help = "full: every committed batch survives power loss; normal: faster, may lose the last commits" },
+    { .key = "journal_size_limit", .type = ORDERD_T_SIZE, .def = "64MiB",
+      .help = "size the write-ahead log is truncated to after a checkpoint" },
+    { .key = "lookup_connections", .type = ORDERD_T_INT, .def = "4",
+      .help = "read-only connections serving concurrent lookups (1-64)" },
+    { .key = NULL }
+};
+
+static const char *
+sqs_str(const json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+static void sqs_destroy(void *state);
+
+static void
+sqs_reader_close(struct sqs_reader *r)
+{
+    sqlite3_finalize(r->snapshot);
+    sqlite3_finalize(r->event);
+    sqlite3_close(r->db);
+    free(r);
+}
+
+static int
+sqs_reader_open(struct sqs *s, struct sqs_reader **out)
+{
+    struct sqs_reader   *r;
+    struct sq_open_opts  oo = s->oo;
+    int                  ret;
+
+    r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -ENOMEM;
+    oo.readonly = 1;
+    ret = sq_open(s->inst, s->h, &oo, &r->db);
+    if (ret < 0)
+        goto fail;
+    ret = sq_prepare(s->inst, s->h, r->db, "SELECT body FROM snapshots WHERE id = ?1", &r->snapshot);
+    if (ret < 0)
+        goto fail;
+    ret = sq_prepare(s->inst, s->h, r->db, "SELECT body FROM events WHERE id = ?1", &r->event);
+    if (ret < 0)
+        goto fail;
+    *out = r;
+    return 0;
+
+fail:
+    sqs_reader_close(r);
+    return ret;
+}
+
+/* Take an idle reader, open one more while under the limit, else wait. */
+static int
+sqs_reader_get(struct sqs *s, struct sqs_reader **out)
+{
+    int ret;
+
+    pthread_mutex_lock(&s->rlock);
+    while (s->nidle == 0 && s->nreaders >= s->max_readers)
+        pthread_cond_wait(&s->rcond, &s->rlock);
+    if (s->nidle > 0) {
+        *out = s->idle[--s->nidle];
+        pthread_mutex_unlock(&s->rlock);
+        return 0;
+    }
+    s->nreaders++;
+    pthread_mutex_unlock(&s->rlock);
+
+    /* opening outside the lock: other lookups need not wait for it */
+    ret = sqs_reader_open(s, out);
+    if (ret < 0) {
+        pthread_mutex_lock(&s->rlock);
+        s->nreaders--;
+        pthread_cond_signal(&s->rcond);
+        pthread_mutex_unlock(&s->rlock);
+    }
+    return ret;
+}
+
+static void
+sqs_reader_put(struct sqs *s, struct sqs_reader *r)
+{
+    pthread_mutex_lock(&s->rlock);
+    s->idle[s->nidle++] = r;
+    pthread_cond_signal(&s->rcond);
+    pthread_mutex_unlock(&s->rlock);
+}
+
+static int
+sqs_lookup(void *state, const char *key, json_t **out)
+{
+    struct sqs        *s = state;
+    struct sqs_reader *r;
+    sqlite3_stmt      *st;
+    json_error_t       jerr;
+    const char        *id = key;
+    int                rc, ret;
+
+    *out = NULL;
+    ret = sqs_reader_get(s, &r);
+    if (ret < 0)
+        return ret;
+    st = r->snapshot;
+    if (strncmp(key, "event:", 6) == 0) {
+        st = r->event;
+        id = key + 6;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = json_loadb((const char *) sqlite3_column_text(st, 0),
+                          (size_t) sqlite3_column_bytes(st, 0), JSON_DECODE_ANY, &jerr);
+        if (*out == NULL) {
+            s->h->log(s->inst, ORDERD_LOG_ERR, "sqlite: %s: stored document '%s' is not JSON: %s",
+                      s->path, key, jerr.text);
+            ret = -EBADMSG;
+        }
+    } else if (rc == SQLITE_DONE) {
+        ret = -ENOENT;
+    } else {
+        s->h->log(s->inst, ORDERD_LOG_WARN, "sqlite: %s: lookup '%s': %s", s->path, key,
+                  sqlite3_errmsg(r->db));
+        ret = sq_errno(rc) ? sq_errno(rc) : -EIO;
+    }
+    /* reset ends the read transaction, so the next lookup sees newer commits */
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    sqs_reader_put(s, r);
+    return ret;
+}
+
+/* Check one message against the contract and encode it.
+ * RETURNS: 0, or an outcome already recorded on the message (REJECT). */
+static int
+sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
+{
+    const orderd_host *h = s->h;
+    json_t            *body = h->msg_body(m);
+    json_t            *snap, *jv;
+    const char        *pv;
+    char              *end;
+    long long          v;
+
+    memset(rec, 0, sizeof(*rec));
+    if (body == NULL)
+        return h->reject(m, "sqlite: message has no body");
+
+    if (!json_is_object(body) || json_object_get(body, "type") == NULL
+        || json_object_get(body, "snapshot") == NULL) {
+        /* not an event: a plain document under the message id */
+        rec->key = h->msg_id(m);
+        if (rec->key == NULL || rec->key[0] == '\0')
+            return h->reject(m, "sqlite: document has no message id to store it under");
+        rec->version = 0;
+        rec->status = json_is_object(body) ? sqs_str(body, "status") : NULL;
+        rec->snap_txt = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (rec->snap_txt == NULL)
+            return h->reject(m, "sqlite: document body cannot be encoded as JSON");
+        return 0;
+    }
+
+    snap = json_object_get(body, "snapshot");
+    rec->event_id = h->msg_id(m);
+    rec->type = sqs_str(body, "type");
+    rec->time = sqs_str(body, "time");
+    if (rec->event_id == NULL || rec->event_id[0] == '\0')
+        return h->reject(m, "sqlite: event has no id");
+    if (rec->type == NULL || rec->type[0] == '\0')
+        return h->reject(m, "sqlite: event %s: \"type\" is not a non-empty string", rec->event_id);
+    if (!json_is_object(snap))
+        return h->reject(m, "sqlite: event %s: \"snapshot\" is not an object", rec->event_id);
+
+    /* the order id: the property the orders transform sets, else the body's */
+    rec->key = h->msg_prop(m, "order_id");
+    if (rec->key == NULL || rec->key[0] == '\0')
+        rec->key = sqs_str(body, "orderId");
+    if (rec->key == NULL || rec->key[0] == '\0')
+        rec->key = sqs_str(snap, "id");
+    if (rec->key == NULL || rec->key[0] == '\0')
+        return h->reject(m, "sqlite: event %s: no order id (property order_id or \"orderId\")",
+                         rec->event_id);
+
+    jv = json_object_get(body, "version");
+    if (json_is_integer(jv)) {
+        rec->version = json_integer_value(jv);
+    } else if (jv == NULL && (pv = h->msg_prop(m, "version")) != NULL) {
+        errno = 0;
+        v = strtoll(pv, &end, 10);
+        if (errno != 0 || end == pv || *end != '\0')
+            return h->reject(m, "sqlite: event %s: property version '%s' is not a number",
+                             rec->event_id, pv);
+        rec->version = (json_int_t) v;
+    } else {
+        return h->reject(m, "sqlite: event %s: \"version\" is not an integer", rec->event_id);
+    }
+    if (rec->version < 1)
+        return h->reject(m, "sqlite: event %s: version %lld is not positive", rec->event_id,
+                         (long long) rec->version);
+
+    rec->status = sqs_str(snap, "status");
+    rec->event_txt = json_dumps(body, JSON_COMPACT);
+    rec->snap_txt = json_dumps(snap, JSON_COMPACT);
+    if (rec->event_txt == NULL || rec->snap_txt == NULL)
+        return h->reject(m, "sqlite: event %s cannot be encoded as JSON", rec->event_id);
+    return 0;
+}
+
+static void
+sqs_rec_free(struct sqs_rec *rec)
+{
+    free(rec->event_txt);
+    free(rec->snap_txt);
+    rec->event_txt = rec->snap_txt = NULL;
+}
+
+static int
+sqs_step_reset(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Write one record inside the batch's transaction.  *dup says whether its
+ * event was already stored.  RETURNS: a SQLite result code. */
+static int
+sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup)
+{
+    sqlite3_stmt *st;
+    int           rc;
+
+    *dup = 0;
+    if (rec->event_id != NULL) {
+        st = s->ins_event;
+        sqlite3_bind_text(st, 1, rec->event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, rec->key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, rec->version);
+        sqlite3_bind_text(st, 4, rec->type, -1, SQLITE_STATIC);
+        if (rec->time != NULL)
+            sqlite3_bind_text(st, 5, rec->time, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, rec->event_txt, -1, SQLITE_STATIC);
+        rc = sqs_step_reset(st);
+        if (rc != SQLITE_OK)
+            return rc;
+        if (sqlite3_changes(s->wdb) == 0) {
+            /* redelivery: its snapshot went in with the first copy */
+            *dup = 1;
+            return SQLITE_OK;
+        }
+    }
+
+    /* INSERT OR IGNORE + UPDATE instead of UPSERT: works with SQLite < 3.24 */
+    st = s->ins_snap;
+    sqlite3_bind_text(st, 1, rec->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, rec->version);
+    if (rec->status != NULL)
+        sqlite3_bind_text(st, 3, rec->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, rec->snap_txt, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, now);
+    rc = sqs_step_reset(st);
+    if (rc != SQLITE_OK || sqlite3_changes(s->wdb) > 0)
+        return rc;
+
+    st = s->upd_snap;
+    sqlite3_bind_text(st, 1, rec->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, rec->version);
+    if (rec->status != NULL)
+        sqlite3_bind_text(st, 3, rec->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, rec->snap_txt, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, now);
+    return sqs_step_reset(st);
+}
+
+static void
+sqs_retry_all(struct sqs *s, orderd_msg *const *msgs, size_t n, orderd_result *out,
+              const char *why)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (out[i].outcome == ORDERD_REJECT)
+            continue;
+        out[i].outcome = s->h->retry(msgs[i], 0, "sqlite: %s: %s", s->path, why);
+        out[i].reason = s->h->msg_reason(msgs[i]);
+        out[i].retry_after_ms = 0;
+    }
+}
+
+/* One transaction per batch: one fsync for the lot is what makes thousands
+ * of events per second possible.  A message that breaks the contract is
+ * rejected alone (its savepoint rolled back); a database-wide failure
+ * rolls everything back and asks for the whole batch again. */
+static int
+sqs_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result *out)
+{
+    struct sqs     *s = state;
+    const orderd_host *h = s->h;
+    struct sqs_rec  rec;
+    int64_t         now = sq_now_ms();
+    double          inserted = 0, dups = 0, docs = 0;
+    char            why[256];
+    size_t          i;
+    int             rc, dup;
+
+    pthread_mutex_lock(&s->wlock);
+    rc = sq_exec(s->wdb, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK) {
+        snprintf(why, sizeof(why), "cannot begin a transaction: %s", sqlite3_errmsg(s->wdb));
+        h->log(s->inst, ORDERD_LOG_WARN, "sqlite: %s: %s", s->path, why);
+        sqs_retry_all(s, msgs, n, out, why);
+        pthread_mutex_unlock(&s->wlock);
+        return 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (sqs_prepare_rec(s, msgs[i], &rec) != 0) {
+            sqs_rec_free(&rec);
+            out[i].outcome = ORDERD_REJECT;
+            out[i].reason = h->msg_reason(msgs[i]);
+            continue;
+        }
+        rc = sqs_step_reset(s->sp_begin);
+        if (rc == SQLITE_OK)
+            rc = sqs_write(s, &rec, now, &dup);
+        if (rc == SQLITE_OK) {
+            rc = sqs_step_reset(s->sp_release);
+            if (rc == SQLITE_OK) {
+                if (rec.event_id == NULL)
+                    docs++;
+                else if (dup)
+                    dups++;
+                else
+                    inserted++;
+            }
+        } else if (!sq_transient(rc) && sqlite3_get_autocommit(s->wdb) == 0) {
+            /* this message's own problem (a constraint, a value too big) */
+            out[i].outcome = h->reject(msgs[i], "sqlite: %s cannot be stored: %s",
+                                       h->msg_id(msgs[i]), sqlite3_errmsg(s->wdb));
+            out[i].reason = h->msg_reason(msgs[i]);
+            rc = sqs_step_reset(s->sp_rollback);
+            if (rc == SQLITE_OK)
+                rc = sqs_step_reset(s->sp_release);
+        }
+        sqs_rec_free(&rec);
+        if (rc != SQLITE_OK)
+            goto abort;
+    }
+
+    rc = sq_exec(s->wdb, "COMMIT");
+    if (rc != SQLITE_OK)
+        goto abort;
+    pthread_mutex_unlock(&s->wlock);
+
+    if (inserted > 0)
+        h->metric_add(s->inst, "sqlite_events_inserted", inserted);
+    if (dups > 0)
+        h->metric_add(s->inst, "sqlite_duplicates", dups);
+    if (docs > 0)
+        h->metric_add(s->inst, "sqlite_documents_stored", docs);
+    return 0;
+
+abort:
+    snprintf(why, sizeof(why), "batch rolled back: %s", sqlite3_errmsg(s->wdb));
+    /* some errors (I/O, full disk) already ended the transaction */
+    if (sqlite3_get_autocommit(s->wdb) == 0)
+        sq_exec(s->wdb, "ROLLBACK");
+    pthread_mutex_unlock(&s->wlock);
+    h->log(s->inst, ORDERD_LOG_WARN, "sqlite: %s: %s", s->path, why);
+    sqs_retry_all(s, msgs, n, out, why);
+    h->metric_add(s->inst, "sqlite_batches_retried", 1);
+    return 0;
+}
+
+static orderd_outcome
+sqs_process(void *state, orderd_msg *m)
+{
+    orderd_result res = { .outcome = ORDERD_OK };
+
+    sqs_process_batch(state, &m, 1, &res);
+    return res.outcome;
+}
+
+static int
+sqs_create(orderd_inst *inst, const orderd_host *h, const json_t *conf, void **state)
+{
+    struct sqs *s;
+    const char *sync = sqs_str(conf, "synchronous");
+    json_int_t  readers = json_integer_value(json_object_get(conf, "lookup_connections"));
+    int         ret;
+
+    if (readers < 1 || readers > SQS_MAX_READERS) {
+        h->log(inst, ORDERD_LOG_ERR, "sqlite: lookup_connections must be 1-%d, not %lld",
+               SQS_MAX_READERS, (long long) readers);
+        return -EINVAL;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return -ENOMEM;
+    s->inst = inst;
+    s->h = h;
+    s->max_readers = (size_t) readers;
+    pthread_mutex_init(&s->wlock, NULL);
+    pthread_mutex_init(&s->rlock, NULL);
+    pthread_cond_init(&s->rcond, NULL);
+    s->path = strdup(sqs_str(conf, "path") ? sqs_str(conf, "path") : "orders.db");
+    if (s->path == NULL) {
+        ret = -ENOMEM;
+        goto fail;
+    }
+    s->oo.path = s->path;
+    s->oo.busy_timeout_ms = json_integer_value(json_object_get(conf, "busy_timeout"));
+    s->oo.synchronous_full = sync == NULL || strcmp(sync, "normal") != 0;
+    s->oo.journal_size_limit = json_is_integer(json_object_get(conf, "journal_size_limit"))
+        ? json_integer_value(json_object_get(conf, "journal_size_limit")) : -1;
+
+    ret = sq_open(inst, h, &s->oo, &s->wdb);
+    if (ret < 0)
+        goto fail;
+    if ((ret = sq_prepare(inst, h, s->wdb,
+            "INSERT OR IGNORE INTO events(id, stream, version, type, time, body)"
+            " VALUES(?1, ?2, ?3, ?4, ?5, ?6)", &s->ins_event)) < 0
+        || (ret = sq_prepare(inst, h, s->wdb,
+            "INSERT OR IGNORE INTO snapshots(id, version, status, body, updated_ms)"
+            " VALUES(?1, ?2, ?3, ?4, ?5)", &s->ins_snap)) < 0
+        /* newer events win; documents (version 0) replace only documents */
+        || (ret = sq_prepare(inst, h, s->wdb,
+            "UPDATE snapshots SET version = ?2, status = ?3, body = ?4, updated_ms = ?5"
+            " WHERE id = ?1 AND (version < ?2 OR (?2 = 0 AND version = 0))", &s->upd_snap)) < 0
+        || (ret = sq_prepare(inst, h, s->wdb, "SAVEPOINT msg", &s->sp_begin)) < 0
+        || (ret = sq_prepare(inst, h, s->wdb, "RELEASE msg", &s->sp_release)) < 0
+        || (ret = sq_prepare(inst, h, s->wdb, "ROLLBACK TO msg", &s->sp_rollback)) < 0)
+        goto fail;
+    *state = s;
+    return 0;
+
+fail:
+    sqs_destroy(s);
+    return ret;
+}
+
+static void
+sqs_destroy(void *state)
+{
+    struct sqs *s = state;
+    size_t      i;
+
+    if (s == NULL)
+        return;
+    for (i = 0; i < s->nidle; i++)
+        sqs_reader_close(s->idle[i]);
+    sqlite3_finalize(s->ins_event);
+    sqlite3_finalize(s->ins_snap);
+    sqlite3_finalize(s->upd_snap);
+    sqlite3_finalize(s->sp_begin);
+    sqlite3_finalize(s->sp_release);
+    sqlite3_finalize(s->sp_rollback);
+    if (s->wdb != NULL && sqlite3_close(s->wdb) != SQLITE_OK)
+        s->h->log(s->inst, ORDERD_LOG_WARN, "sqlite: %s: close: %s", s->path,
+                  sqlite3_errmsg(s->wdb));
+    pthread_cond_destroy(&s->rcond);
+    pthread_mutex_destroy(&s->rlock);
+    pthread_mutex_destroy(&s->wlock);
+    free(s->path);
+    free(s);
+}
+
+const orderd_stage sq_store_stage = ORDERD_STAGE(
+    .kind = ORDERD_STORE,
+    .description = "event stream and order snapshots in an SQLite file (WAL, one transaction per batch)",
+    .options = sqs_options,
+    .create = sqs_create,
+    .process = sqs_process,
+    .process_batch = sqs_process_batch,
+    .lookup = sqs_lookup,
+    .destroy = sqs_destroy);

@@ -1,0 +1,281 @@
+/* check_engine.c - outcome routing through the real engine and loader:
+ * testkit stages (tests/plugins/testkit.c) answer RETRY, REJECT, DROP or
+ * PENDING as configured, and the input's acks, the dead-letter file and the
+ * metrics show where every message went. */
+#include "config.h"
+
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "harness.h"
+#include "loader.h"
+#include "log.h"
+#include "metrics.h"
+#include "msg.h"
+#include "pipe.h"
+#include "util.h"
+
+struct run {
+    struct od_registry reg;
+    struct od_conf    *conf;
+    struct od_pipe    *pipe;
+    struct od_pipe    *set[1];   /* the running set handed to the engine */
+};
+
+static void start(struct run *r, const char *pipeline_body)
+{
+    char path[512], text[4096];
+    struct od_errs errs = { 0 };
+    struct od_conf_overrides ov = { .plugin_path = getenv("ORDERD_PLUGIN_PATH") };
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/engine.conf", th_state_dir());
+    snprintf(text, sizeof(text), "state_dir = \"%s\";\npipelines = ( { name = \"p\";\n%s\n} );\n",
+             th_state_dir(), pipeline_body);
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    memset(r, 0, sizeof(*r));
+    ck_assert_int_eq(od_registry_init(&r->reg, ov.plugin_path), 0);
+    if (od_conf_load(path, &ov, &r->reg, &r->conf, &errs) < 0)
+        ck_abort_msg("config: %s", errs.msg[0]);
+    od_host_set_state_dir(r->conf->state_dir);
+    od_metrics_init();
+    ck_assert_int_eq(od_pipe_create(&r->conf->pipelines[0], r->conf->state_dir, &r->pipe), 0);
+    r->set[0] = r->pipe;
+    od_pipes_set_current(r->set, 1);
+    ck_assert_int_eq(od_pipe_start(r->pipe), 0);
+}
+
+static void stop(struct run *r)
+{
+    od_pipe_stop_input(r->pipe);
+    od_pipe_drain(r->pipe, od_mono_ms() + 5000);
+    od_pipes_set_current(NULL, 0);
+    od_pipe_destroy(r->pipe);
+    od_conf_free(r->conf);
+    od_registry_free(&r->reg);
+    od_metrics_shutdown();
+    th_cleanup();
+}
+
+static size_t count_lines(const char *name, const char *needle)
+{
+    char path[512], line[4096];
+    size_t n = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", th_state_dir(), name);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (needle == NULL || strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}
+
+/* Wait until file has at least n lines (max 20 s). */
+static int wait_lines(const char *name, size_t n)
+{
+    for (int i = 0; i < 2000; i++) {
+        if (count_lines(name, NULL) >= n)
+            return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+static double metric(const char *series)
+{
+    size_t len;
+    char *text = od_metrics_render(&len), *p;
+    double v = -1;
+
+    ck_assert_ptr_nonnull(text);
+    p = strstr(text, series);
+    if (p)
+        v = strtod(p + strlen(series), NULL);
+    free(text);
+    return v;
+}
+
+START_TEST(ok_path_every_message_once_in_order_of_stages)
+{
+    struct run r;
+
+    start(&r,
+          "input = { plugin = \"testkit\"; count = 200; record_acks = \"acks\"; };\n"
+          "transforms = ( { plugin = \"testkit\"; tag = \"t1\"; } );\n"
+          "store = { plugin = \"testkit\"; record = \"stored\"; };\n"
+          "publish = ( { plugin = \"testkit\"; record = \"published\"; } );\n");
+    ck_assert(wait_lines("acks", 200));
+    ck_assert_uint_eq(count_lines("acks", " OK"), 200);
+    ck_assert_uint_eq(count_lines("stored", NULL), 200);
+    ck_assert_uint_eq(count_lines("published", NULL), 200);
+    /* the store saw what the transform did: lookup returns the tagged body */
+    json_t *doc = NULL;
+    ck_assert_int_eq(od_pipe_lookup(NULL, "p", "m7", &doc), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(doc, "n")), 7);
+    json_decref(doc);
+    ck_assert(metric("orderd_stage_outcomes_total{pipeline=\"p\",stage=\"testkit-4\",plugin=\"testkit\",kind=\"publish\",outcome=\"ok\"} ") == 200);
+    stop(&r);
+}
+END_TEST
+
+START_TEST(retry_twice_then_ok)
+{
+    struct run r;
+
+    start(&r,
+          "retry = { max_attempts = 5; backoff_base = \"1ms\"; backoff_cap = \"5ms\"; };\n"
+          "input = { plugin = \"testkit\"; count = 20; record_acks = \"acks\"; };\n"
+          "transforms = ( { plugin = \"testkit\"; fail_times = 2; } );\n"
+          "publish = ( { plugin = \"testkit\"; record = \"published\"; } );\n");
+    ck_assert(wait_lines("acks", 20));
+    ck_assert_uint_eq(count_lines("acks", " OK"), 20);
+    ck_assert_uint_eq(count_lines("published", NULL), 20);
+    ck_assert(metric("kind=\"transform\",outcome=\"retry\"} ") == 40);
+    ck_assert(metric("kind=\"transform\",outcome=\"ok\"} ") == 20);
+    ck_assert_uint_eq(count_lines("deadletter/p.ndjson", NULL), 0);
+    stop(&r);
+}
+END_TEST
+
+START_TEST(reject_goes_to_dead_letter_with_reason)
+{
+    struct run r;
+
+    start(&r,
+          "input = { plugin = \"testkit\"; count = 10; record_acks = \"acks\"; };\n"
+          "transforms = ( { plugin = \"testkit\"; reject = true; reject_reason = \"bad order: no items\"; } );\n"
+          "publish = ( { plugin = \"testkit\"; record = \"published\"; } );\n");
+    ck_assert(wait_lines("acks", 10));
+    ck_assert(wait_lines("deadletter/p.ndjson", 10));
+    ck_assert_uint_eq(count_lines("deadletter/p.ndjson", "\"reason\":\"bad order: no items\""), 10);
+    ck_assert_uint_eq(count_lines("deadletter/p.ndjson", "\"stage\":\"testkit-2\""), 10);
+    ck_assert_uint_eq(count_lines("published", NULL), 0);
+    /* dead-lettered by the core, so the input is told to complete */
+    ck_assert_uint_eq(count_lines("acks", " OK"), 10);
+    ck_assert(metric("orderd_dead_letters_total{pipeline=\"p\"} ") == 10);
+    stop(&r);
+}
+END_TEST
+
+START_TEST(retries_exhausted_core_redelivers_then_dead_letters)
+{
+    struct run r;
+
+    /* fail_times beyond max_attempts * max_deliveries: each delivery tries
+     * twice, three deliveries, then the dead letter says why. */
+    start(&r,
+          "retry = { max_attempts = 2; backoff_base = \"1ms\"; backoff_cap = \"2ms\";\n"
+          "          max_deliveries = 3; redeliver_delay = \"5ms\"; };\n"
+          "input = { plugin = \"testkit\"; count = 4; record_acks = \"acks\"; };\n"
+          "publish = ( { plugin = \"testkit\"; fail_times = 1000; } );\n");
+    ck_assert(wait_lines("deadletter/p.ndjson", 4));
+    ck_assert(wait_lines("acks", 4));
+    ck_assert_uint_eq(count_lines("deadletter/p.ndjson", "gave up after 3 deliveries"), 4);
+    ck_assert_uint_eq(count_lines("deadletter/p.ndjson", "\"delivery_count\":3"), 4);
+    ck_assert(metric("kind=\"publish\",outcome=\"retry\"} ") == 4 * 2 * 3);
+    stop(&r);
+}
+END_TEST
+
+START_TEST(drop_completes_without_later_stages)
+{
+    struct run r;
+
+    start(&r,
+          "input = { plugin = \"testkit\"; count = 10; record_acks = \"acks\"; };\n"
+          "transforms = ( { plugin = \"testkit\"; drop_field = \"n\"; } );\n"
+          "publish = ( { plugin = \"testkit\"; record = \"published\"; } );\n");
+    ck_assert(wait_lines("acks", 10));
+    ck_assert_uint_eq(count_lines("acks", " OK"), 10);
+    ck_assert_uint_eq(count_lines("published", NULL), 0);
+    ck_assert(metric("kind=\"transform\",outcome=\"drop\"} ") == 10);
+    stop(&r);
+}
+END_TEST
+
+START_TEST(pending_settled_later_completes)
+{
+    struct run r;
+
+    start(&r,
+          "input = { plugin = \"testkit\"; count = 50; record_acks = \"acks\"; };\n"
+          "publish = ( { plugin = \"testkit\"; pending = true; pending_delay = \"5ms\"; },\n"
+          "            { plugin = \"testkit\"; record = \"after\"; } );\n");
+    ck_assert(wait_lines("acks", 50));
+    ck_assert_uint_eq(count_lines("acks", " OK"), 50);
+    ck_assert_uint_eq(count_lines("after", NULL), 50);   /* settled OK went on to the next stage */
+    ck_assert(metric("stage=\"testkit-2\",plugin=\"testkit\",kind=\"publish\",outcome=\"pending\"} ") == 50);
+    stop(&r);
+}
+END_TEST
+
+START_TEST(backpressure_refuses_nowait_and_loses_nothing)
+{
+    struct run r;
+
+    start(&r,
+          "workers = 1; queue_size = 2;\n"
+          "input = { plugin = \"testkit\"; count = 30; nowait = true; record_acks = \"acks\"; };\n"
+          "transforms = ( { plugin = \"testkit\"; sleep = \"2ms\"; } );\n"
+          "publish = ( { plugin = \"testkit\"; record = \"published\"; } );\n");
+    ck_assert(wait_lines("acks", 30));
+    ck_assert_uint_eq(count_lines("published", NULL), 30);
+    ck_assert(metric("orderd_plugin_testkit_refused{pipeline=\"p\",stage=\"testkit\"} ") > 0);
+    stop(&r);
+}
+END_TEST
+
+START_TEST(batches_cross_stage_boundaries)
+{
+    struct run r;
+
+    /* a batch where some messages retry and others go on */
+    start(&r,
+          "batch = { max = 16; };\n"
+          "retry = { backoff_base = \"1ms\"; backoff_cap = \"2ms\"; };\n"
+          "input = { plugin = \"testkit\"; count = 100; record_acks = \"acks\"; };\n"
+          "transforms = ( { plugin = \"testkit\"; fail_times = 1; }, { plugin = \"testkit\"; } );\n"
+          "publish = ( { plugin = \"testkit\"; record = \"published\"; } );\n");
+    ck_assert(wait_lines("acks", 100));
+    ck_assert_uint_eq(count_lines("published", NULL), 100);
+    ck_assert_uint_eq(count_lines("acks", " OK"), 100);
+    stop(&r);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("engine");
+    SRunner *sr;
+    int failed;
+
+    od_log_setup(ORDERD_LOG_WARN, OD_LOG_TEXT);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, ok_path_every_message_once_in_order_of_stages);
+    tcase_add_test(tc, retry_twice_then_ok);
+    tcase_add_test(tc, reject_goes_to_dead_letter_with_reason);
+    tcase_add_test(tc, retries_exhausted_core_redelivers_then_dead_letters);
+    tcase_add_test(tc, drop_completes_without_later_stages);
+    tcase_add_test(tc, pending_settled_later_completes);
+    tcase_add_test(tc, backpressure_refuses_nowait_and_loses_nothing);
+    tcase_add_test(tc, batches_cross_stage_boundaries);
+    suite_add_tcase(s, tc);
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

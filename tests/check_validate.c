@@ -1,0 +1,262 @@
+/* check_validate.c - the `validate` transform and its JSON Schema subset.
+ *
+ * The keyword table runs jsonschema.c directly (the same file the plugin
+ * and the http input compile); the plugin tests dlopen validate.so. */
+#include "config.h"
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "jsonschema.h"
+
+static const char *order_example =
+    "{\"id\": \"ord-1001\", \"customerId\": \"c-42\", \"currency\": \"EUR\","
+    " \"items\": [{\"sku\": \"SKU-1\", \"qty\": 2, \"price\": 19.99}],"
+    " \"shipping\": {\"name\": \"Jane Doe\", \"city\": \"Berlin\", \"country\": \"DE\"}}";
+
+/* Write text to a file in the harness's state dir; returns its path (static). */
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[512];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", th_state_dir(), name);
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    ck_assert_int_eq(fclose(f), 0);
+    return path;
+}
+
+static json_t *parse(const char *text)
+{
+    json_error_t e;
+    json_t *j = json_loads(text, JSON_DECODE_ANY, &e);
+
+    ck_assert_msg(j != NULL, "bad test JSON %s: %s", text, e.text);
+    return j;
+}
+
+/* ---- keyword table ---- */
+
+struct kw_case {
+    const char *schema;
+    const char *good;      /* an instance that passes */
+    const char *bad;       /* one that fails ... */
+    const char *error;     /* ... with exactly this message */
+};
+
+static const struct kw_case kw_cases[] = {
+    { "{\"type\":\"string\"}", "\"x\"", "1", "/: expected string, got integer" },
+    { "{\"type\":[\"string\",\"null\"]}", "null", "true", "/: expected null or string, got boolean" },
+    { "{\"type\":\"integer\"}", "3.0", "2.5", "/: expected integer, got number" },
+    { "{\"type\":\"number\"}", "7", "\"7\"", "/: expected number, got string" },
+    { "{\"required\":[\"a\",\"b\"]}", "{\"a\":1,\"b\":2}", "{\"a\":1}", "/b: required property is missing" },
+    { "{\"properties\":{\"a\":{\"properties\":{\"b~/c\":{\"type\":\"string\"}}}}}",
+      "{\"a\":{\"b~/c\":\"s\"}}", "{\"a\":{\"b~/c\":5}}", "/a/b~0~1c: expected string, got integer" },
+    { "{\"properties\":{\"a\":true},\"additionalProperties\":false}", "{\"a\":1}", "{\"a\":1,\"z\":2}",
+      "/z: additional property is not allowed" },
+    { "{\"additionalProperties\":{\"type\":\"integer\"}}", "{\"x\":1}", "{\"x\":\"no\"}",
+      "/x: expected integer, got string" },
+    { "{\"items\":{\"properties\":{\"qty\":{\"minimum\":1}}}}", "[{\"qty\":1}]", "[{\"qty\":3},{\"qty\":0}]",
+      "/1/qty: 0 is less than minimum 1" },
+    { "{\"maximum\":10}", "10", "10.5", "/: 10.5 is greater than maximum 10" },
+    { "{\"exclusiveMinimum\":0}", "0.01", "0", "/: 0 is not greater than exclusiveMinimum 0" },
+    { "{\"exclusiveMaximum\":5}", "4", "5", "/: 5 is not less than exclusiveMaximum 5" },
+    { "{\"minLength\":2}", "\"\xc3\xa4\xc3\xb6\"", "\"\xc3\xa4\"", "/: \"\xc3\xa4\" is shorter than minLength 2" },
+    { "{\"maxLength\":2}", "\"\xe2\x82\xac\xe2\x82\xac\"", "\"abc\"",
+      "/: string of 3 characters is longer than maxLength 2" },
+    { "{\"minItems\":1}", "[1]", "[]", "/: 0 items is fewer than minItems 1" },
+    { "{\"maxItems\":1}", "[1]", "[1,2]", "/: 2 items is more than maxItems 1" },
+    { "{\"enum\":[\"EUR\",\"USD\",1]}", "1.0", "\"GBP\"", "/: \"GBP\" is not one of [\"EUR\",\"USD\",1]" },
+    { "{\"const\":{\"a\":1}}", "{\"a\":1}", "{\"a\":2}", "/: {\"a\":2} is not the constant {\"a\":1}" },
+    { "{\"pattern\":\"^[A-Z]{3}$\"}", "\"EUR\"", "\"eur\"", "/: \"eur\" does not match pattern ^[A-Z]{3}$" },
+    { "{\"pattern\":\"[0-9]\"}", "\"ab1\"", "\"abc\"", "/: \"abc\" does not match pattern [0-9]" },
+    { "{\"$defs\":{\"pos\":{\"minimum\":1}},\"properties\":{\"n\":{\"$ref\":\"#/$defs/pos\"}}}",
+      "{\"n\":1}", "{\"n\":0}", "/n: 0 is less than minimum 1" },
+    { "{\"properties\":{\"x\":false}}", "{}", "{\"x\":null}", "/x: no value is allowed here (schema false)" },
+    /* unknown keywords are ignored, not errors */
+    { "{\"anyOf\":[{\"type\":\"string\"}],\"format\":\"email\",\"type\":\"integer\"}", "5", "\"s\"",
+      "/: expected integer, got string" },
+};
+
+START_TEST(test_keyword)
+{
+    const struct kw_case *c = &kw_cases[_i];
+    char err[512];
+    json_t *schema = parse(c->schema), *good = parse(c->good), *bad = parse(c->bad);
+    jsonschema *js = jsonschema_compile(schema, err, sizeof(err));
+
+    ck_assert_msg(js != NULL, "schema %s: %s", c->schema, err);
+    ck_assert_msg(jsonschema_validate(js, good, err, sizeof(err)) == 0, "%s rejected %s: %s",
+                  c->schema, c->good, err);
+    ck_assert_int_eq(jsonschema_validate(js, bad, err, sizeof(err)), 1);
+    ck_assert_str_eq(err, c->error);
+    jsonschema_free(js);
+    json_decref(schema);
+    json_decref(good);
+    json_decref(bad);
+}
+END_TEST
+
+static const struct {
+    const char *schema;
+    const char *error;
+} bad_schemas[] = {
+    { "{\"properties\":{\"qty\":{\"minimum\":\"1\"}}}", "schema /properties/qty/minimum: must be a number" },
+    { "{\"type\":\"text\"}", "schema /type: unknown type \"text\" (expected null, boolean, object, array, number, string or integer)" },
+    { "{\"items\":{\"pattern\":\"([a-z\"}}", NULL },
+    { "{\"$ref\":\"#/$defs/nope\"}", "schema /: $ref \"#/$defs/nope\" names no entry of $defs" },
+    { "{\"$ref\":\"other.json#/x\"}", "schema /$ref: only references of the form \"#/$defs/<name>\" are supported" },
+    { "{\"required\":[1]}", "schema /required/0: must be a string" },
+    { "{\"minLength\":-1}", "schema /minLength: must be a non-negative integer" },
+    { "[1]", "schema /: a schema must be an object or a boolean" },
+};
+
+START_TEST(test_bad_schema_compile)
+{
+    char err[512];
+    json_t *schema = parse(bad_schemas[_i].schema);
+    jsonschema *js = jsonschema_compile(schema, err, sizeof(err));
+
+    ck_assert_ptr_null(js);
+    if (bad_schemas[_i].error != NULL)
+        ck_assert_str_eq(err, bad_schemas[_i].error);
+    else
+        ck_assert_msg(strncmp(err, "schema /items/pattern: bad POSIX extended regular expression", 60) == 0,
+                      "got: %s", err);
+    json_decref(schema);
+}
+END_TEST
+
+/* ---- the plugin ---- */
+
+static struct th_stage *shipped_stage(void)
+{
+    char conf[1024];
+    const char *top = getenv("TOP_SRCDIR");
+
+    snprintf(conf, sizeof(conf), "schema = \"%s/etc/orderd/order.schema.json\";", top ? top : "..");
+    return th_stage_new("validate", ORDERD_TRANSFORM, conf);
+}
+
+static orderd_outcome run(struct th_stage *s, const char *body, const char *command, char *reason, size_t len)
+{
+    orderd_msg *m = th_msg(body);
+    orderd_outcome o;
+    const char *r;
+
+    if (command != NULL)
+        ck_assert_int_eq(th_host()->msg_set_prop(m, "command", command), 0);
+    o = th_process(s, m);
+    r = th_host()->msg_reason(m);
+    snprintf(reason, len, "%s", r ? r : "");
+    th_msg_free(m);
+    return o;
+}
+
+START_TEST(test_shipped_schema)
+{
+    struct th_stage *s = shipped_stage();
+    char why[512];
+
+    ck_assert_int_eq(run(s, order_example, NULL, why, sizeof(why)), ORDERD_OK);
+    /* id is optional and extra fields are kept, not refused */
+    ck_assert_int_eq(run(s, "{\"customerId\":\"c\",\"currency\":\"USD\",\"partnerRef\":7,"
+                            "\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":0}]}", NULL, why, sizeof(why)),
+                     ORDERD_OK);
+
+    ck_assert_int_eq(run(s, "{\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+                         NULL, why, sizeof(why)), ORDERD_REJECT);
+    ck_assert_str_eq(why, "/customerId: required property is missing");
+
+    ck_assert_int_eq(run(s, "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[]}", NULL, why, sizeof(why)),
+                     ORDERD_REJECT);
+    ck_assert_str_eq(why, "/items: 0 items is fewer than minItems 1");
+
+    ck_assert_int_eq(run(s, "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":0,\"price\":1}]}",
+                         NULL, why, sizeof(why)), ORDERD_REJECT);
+    ck_assert_str_eq(why, "/items/0/qty: 0 is less than minimum 1");
+
+    ck_assert_int_eq(run(s, "{\"customerId\":\"c\",\"currency\":\"euro\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+                         NULL, why, sizeof(why)), ORDERD_REJECT);
+    ck_assert_str_eq(why, "/currency: \"euro\" does not match pattern ^[A-Z]{3}$");
+
+    ck_assert_int_eq(run(s, "{\"id\":\"a b\",\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+                         NULL, why, sizeof(why)), ORDERD_REJECT);
+    ck_assert_str_eq(why, "/id: \"a b\" does not match pattern ^[A-Za-z0-9._:-]+$");
+
+    ck_assert_double_eq(th_metric(s, "invalid"), 5);
+    th_stage_free(s);
+}
+END_TEST
+
+START_TEST(test_commands)
+{
+    struct th_stage *s = shipped_stage();
+    char why[512], conf[1024];
+    const char *top = getenv("TOP_SRCDIR");
+
+    /* a lifecycle command's body is not an order: passed through by default */
+    ck_assert_int_eq(run(s, "{\"amount\": 39.98}", "pay", why, sizeof(why)), ORDERD_OK);
+    /* ... but an explicit create is an order */
+    ck_assert_int_eq(run(s, "{}", "create", why, sizeof(why)), ORDERD_REJECT);
+    th_stage_free(s);
+
+    snprintf(conf, sizeof(conf), "schema = \"%s/etc/orderd/order.schema.json\"; commands = \"validate\";",
+             top ? top : "..");
+    s = th_stage_new("validate", ORDERD_TRANSFORM, conf);
+    ck_assert_int_eq(run(s, "{\"amount\": 39.98}", "pay", why, sizeof(why)), ORDERD_REJECT);
+    th_stage_free(s);
+}
+END_TEST
+
+START_TEST(test_bad_schema_file)
+{
+    char err[2048], conf[1024];
+
+    /* not JSON */
+    snprintf(conf, sizeof(conf), "schema = \"%s\";", write_file("broken.json", "{\"type\": \"object\",\n}"));
+    ck_assert_ptr_null(th_stage_try("validate", ORDERD_TRANSFORM, conf, err, sizeof(err)));
+    /* JSON, but not a valid schema */
+    snprintf(conf, sizeof(conf), "schema = \"%s\";", write_file("bad.json", "{\"minimum\": \"one\"}"));
+    ck_assert_ptr_null(th_stage_try("validate", ORDERD_TRANSFORM, conf, err, sizeof(err)));
+    /* missing file */
+    snprintf(conf, sizeof(conf), "schema = \"%s/none.json\";", th_state_dir());
+    ck_assert_ptr_null(th_stage_try("validate", ORDERD_TRANSFORM, conf, err, sizeof(err)));
+    /* the schema key is required */
+    ck_assert_ptr_null(th_stage_try("validate", ORDERD_TRANSFORM, "", err, sizeof(err)));
+    /* and a good one in the same place works */
+    snprintf(conf, sizeof(conf), "schema = \"%s\";", write_file("good.json", "{\"type\": \"object\"}"));
+    th_stage_free(th_stage_new("validate", ORDERD_TRANSFORM, conf));
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("validate");
+    TCase *tc = tcase_create("jsonschema");
+    SRunner *sr;
+    int failed;
+
+    tcase_add_checked_fixture(tc, NULL, th_cleanup);
+    tcase_add_loop_test(tc, test_keyword, 0, (int)(sizeof(kw_cases) / sizeof(kw_cases[0])));
+    tcase_add_loop_test(tc, test_bad_schema_compile, 0, (int)(sizeof(bad_schemas) / sizeof(bad_schemas[0])));
+    suite_add_tcase(s, tc);
+    tc = tcase_create("plugin");
+    tcase_add_checked_fixture(tc, NULL, th_cleanup);
+    tcase_add_test(tc, test_shipped_schema);
+    tcase_add_test(tc, test_commands);
+    tcase_add_test(tc, test_bad_schema_file);
+    suite_add_tcase(s, tc);
+
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    th_cleanup();
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
