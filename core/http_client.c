@@ -267,10 +267,11 @@ static ssize_t hc_fill(struct hc_conn *c)
 
 static void hc_consume(struct hc_conn *c, size_t n)
 {
+    if (c->buf == NULL)
+        return;
     memmove(c->buf, c->buf + n, c->blen - n);
     c->blen -= n;
-    if (c->buf)
-        c->buf[c->blen] = '\0';
+    c->buf[c->blen] = '\0';
 }
 
 /* Makes at least n bytes available.  RETURNS: 0, -EPROTO at an early EOF, negative errno. */
@@ -314,7 +315,8 @@ static int hc_append(struct hc_response *r, const char *p, size_t n)
         return -EMSGSIZE;
     if ((nb = realloc(r->body, r->len + n + 1)) == NULL)
         return -ENOMEM;
-    memcpy(nb + r->len, p, n);
+    if (n > 0)
+        memcpy(nb + r->len, p, n);
     r->body = nb;
     r->len += n;
     r->body[r->len] = '\0';
@@ -478,6 +480,9 @@ int hc_request(struct hc_conn *c, const char *method, const char *path, const ch
     if (len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
         fprintf(f, "Content-Length: %zu\r\n", len);
     fputs("\r\n", f);
+    /* One write for head and body: no small segment left waiting for an ACK. */
+    if (len > 0)
+        fwrite(body, 1, len, f);
     if (fclose(f) != 0) {
         free(head);
         return -ENOMEM;
@@ -489,8 +494,6 @@ int hc_request(struct hc_conn *c, const char *method, const char *path, const ch
         if (!reused && (rc = hc_connect(c)) < 0)
             break;
         rc = hc_send_all(c->fd, head, hsize);
-        if (rc == 0 && len > 0)
-            rc = hc_send_all(c->fd, body, len);
         if (rc == 0)
             rc = hc_read_response(c, method, r, &got_any, &must_close);
         if (rc == 0) {

@@ -97,11 +97,11 @@ START_TEST(valid_config_converts_values)
     /* repeated plugin names get numbered stage names */
     ck_assert_str_eq(p->transforms[0].name, "testkit-2");
     ck_assert_str_eq(p->transforms[1].name, "testkit-3");
-    /* state_dir relative to the file; plain paths relative to the file too */
+    /* state_dir relative to the file; state paths (file publish) under it */
     char want[600];
     snprintf(want, sizeof(want), "%s/state", dir);
     ck_assert_str_eq(c->state_dir, want);
-    snprintf(want, sizeof(want), "%s/out.ndjson", dir);
+    snprintf(want, sizeof(want), "%s/state/out.ndjson", dir);
     ck_assert_str_eq(json_string_value(json_object_get(p->publish[0].conf, "path")), want);
     free(errs);
     od_conf_free(c);

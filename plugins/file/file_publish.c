@@ -16,8 +16,8 @@
 enum { FP_ALWAYS, FP_INTERVAL, FP_NEVER };
 
 static const orderd_option fp_options[] = {
-    { .key = "path", .type = ORDERD_T_PATH, .flags = ORDERD_OPT_REQUIRED,
-      .help = "file the messages are appended to, one JSON line each (created if missing)" },
+    { .key = "path", .type = ORDERD_T_PATH, .flags = ORDERD_OPT_REQUIRED | ORDERD_OPT_STATE,
+      .help = "file the messages are appended to, one JSON line each (created if missing; relative to the state directory)" },
     { .key = "format", .type = ORDERD_T_STRING, .def = "body", .choices = "body|envelope",
       .help = "what a line holds: the message body, or an envelope with id, properties and body" },
     { .key = "fsync", .type = ORDERD_T_STRING, .def = "interval", .choices = "always|interval|never",

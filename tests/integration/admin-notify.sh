@@ -22,7 +22,7 @@ cat > "$T/p.conf" <<CONF
 state_dir = "$T/state";
 admin = { listen = "127.0.0.1:0"; };
 pipelines = ( { name = "p"; input = { plugin = "file"; path = "in.ndjson"; };
-  publish = ( { plugin = "file"; path = "out.ndjson"; } ); } );
+  publish = ( { plugin = "file"; path = "$T/out.ndjson"; } ); } );
 CONF
 export NOTIFY_SOCKET="$T/notify.sock" WATCHDOG_USEC=200000
 start_orderd run "$T/p.conf" || finish

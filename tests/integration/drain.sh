@@ -14,7 +14,7 @@ queue_size = 16;
 pipelines = ( { name = "slow";
   input = { plugin = "file"; path = "in.ndjson"; commit_interval = "10ms"; };
   transforms = ( { plugin = "testkit"; sleep = "20ms"; } );
-  publish = ( { plugin = "file"; path = "out.ndjson"; fsync = "always"; } ); } );
+  publish = ( { plugin = "file"; path = "$T/out.ndjson"; fsync = "always"; } ); } );
 CONF
 start_orderd run1 "$T/p.conf" || finish
 wait_until 20 has_lines "$T/out.ndjson" 20

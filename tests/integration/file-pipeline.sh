@@ -13,7 +13,7 @@ pipelines = ( { name = "orders";
   input = { plugin = "file"; path = "in.ndjson"; follow = true; poll_interval = "20ms";
             commit_interval = "50ms"; };
   transforms = ( { plugin = "testkit"; tag = "seen"; } );
-  publish = ( { plugin = "file"; path = "out.ndjson"; format = "envelope"; fsync = "always"; } ); } );
+  publish = ( { plugin = "file"; path = "$T/out.ndjson"; format = "envelope"; fsync = "always"; } ); } );
 CONF
 start_orderd run1 "$T/p.conf" || finish
 check "first 5000 records published" wait_until 60 has_lines "$T/out.ndjson" 5000

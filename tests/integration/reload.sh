@@ -10,7 +10,7 @@ state_dir = "$T/state";
 admin = { listen = "127.0.0.1:0"; };
 pipelines = ( { name = "p";
   input = { plugin = "file"; path = "in.ndjson"; follow = true; poll_interval = "20ms"; commit_interval = "20ms"; };
-  publish = ( { plugin = "file"; path = "$1"; fsync = "always"; } ); } );
+  publish = ( { plugin = "file"; path = "$T/$1"; fsync = "always"; } ); } );
 CONF
 }
 write_conf out1.ndjson

@@ -16,7 +16,7 @@ pipelines = ( { name = "orders";
   transforms = ( { plugin = "testkit"; name = "flaky"; fail_times = 2; },
                  { plugin = "testkit"; name = "checker"; reject_field = "poison";
                    reject_reason = "poison order refused"; } );
-  publish = ( { plugin = "file"; path = "out.ndjson"; fsync = "always"; } ); } );
+  publish = ( { plugin = "file"; path = "$T/out.ndjson"; fsync = "always"; } ); } );
 CONF
 start_orderd run "$T/p.conf" || finish
 check "90 good orders published" wait_until 60 has_lines "$T/out.ndjson" 90
