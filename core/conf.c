@@ -100,6 +100,9 @@ static const orderd_option pipeline_options[] = {
     { .key = "workers", .type = ORDERD_T_INT, .help = "worker threads (default: top-level workers)" },
     { .key = "queue_size", .type = ORDERD_T_INT,
       .help = "messages in flight before inputs block or refuse (default: top-level queue_size)" },
+    { .key = "ordering", .type = ORDERD_T_STRING, .def = "partition_key",
+      .choices = "partition_key|none",
+      .help = "partition_key: messages with the same partition key (an order id) are processed one at a time, in arrival order" },
     { .key = "retry", .type = ORDERD_T_GROUP, .sub = retry_options,
       .help = "retry policy (default: top-level retry)" },
     { .key = "batch", .type = ORDERD_T_GROUP, .sub = batch_options,
@@ -807,6 +810,8 @@ static int check_pipeline(struct walk *w, struct od_registry *reg, const config_
         pc->workers = (uint32_t)(json_is_integer(v) ? json_integer_value(v) : jint(core, "workers"));
         v = json_object_get(pj, "queue_size");
         pc->queue_size = (uint32_t)(json_is_integer(v) ? json_integer_value(v) : jint(core, "queue_size"));
+        v = json_object_get(pj, "ordering");
+        pc->ordered = v == NULL || strcmp(json_string_value(v), "partition_key") == 0;
         v = json_object_get(pj, "retry");
         retry_from_json(&pc->retry, json_is_object(v) ? v : json_object_get(core, "retry"));
         v = json_object_get(pj, "batch");
@@ -1027,6 +1032,7 @@ char *od_conf_dump(const struct od_conf *c)
         json_object_set_new(p, "name", json_string(pc->name));
         json_object_set_new(p, "workers", json_integer(pc->workers));
         json_object_set_new(p, "queue_size", json_integer(pc->queue_size));
+        json_object_set_new(p, "ordering", json_string(pc->ordered ? "partition_key" : "none"));
         json_object_set_new(p, "retry", json_pack("{sI sI sI sI sI}",
             "max_attempts", (json_int_t)pc->retry.max_attempts,
             "backoff_base", (json_int_t)pc->retry.backoff_base_ms,

@@ -46,6 +46,7 @@ struct od_pipeline_conf {
     int                   line;
     uint32_t              workers;
     uint32_t              queue_size;
+    int                   ordered;      /* one message per partition key at a time */
     struct od_retry_conf  retry;
     struct od_batch_conf  batch;
     json_t               *spool;        /* validated spool group, or NULL */

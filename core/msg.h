@@ -37,6 +37,8 @@ struct orderd_msg {
     int64_t          start_ns;       /* when the current stage started */
     uint64_t         spool_seq;      /* record in the pipeline's spool, 0 if none */
     int              has_spool;
+    int              keyed;          /* holds its partition key's turn */
+    uint64_t         key_hash;
     struct orderd_msg *next;         /* ready-queue link */
     struct orderd_msg *all_prev;     /* every message in flight, so shutdown */
     struct orderd_msg *all_next;     /* can find the ones a plugin still holds */

@@ -29,6 +29,18 @@
 #include "spool.h"
 #include "util.h"
 
+/* Per-partition-key turn taking: a key that has a message in flight holds
+ * later messages with the same key back until it finishes, so commands on
+ * one order never race (e.g. "pay" and "cancel" reading the same snapshot).
+ * Keys are hashed; a collision only serializes two keys, never reorders. */
+#define OD_KEY_BUCKETS 4096
+
+struct od_keyslot {
+    uint64_t            hash;
+    orderd_msg         *head, *tail;     /* waiting for the key's turn */
+    struct od_keyslot  *next;
+};
+
 struct od_pipe {
     const struct od_pipeline_conf *pc;
     char                *state_dir;
@@ -46,6 +58,7 @@ struct od_pipe {
     orderd_msg         **heap;         /* retry heap, by due_ms */
     size_t               nheap, heapcap;
     orderd_msg          *all;          /* every message in flight */
+    struct od_keyslot  **keys;         /* OD_KEY_BUCKETS chains, when ordered */
     uint64_t             in_flight;
     int                  accepting;
     int                  stopping;
@@ -197,6 +210,8 @@ static void untrack(struct od_pipe *p, orderd_msg *m)
 
 /* ---- finishing a message ----------------------------------------------------- */
 
+static void key_release(struct od_pipe *p, orderd_msg *m);
+
 static const char *inst_name(const struct orderd_inst *i)
 {
     return i->sc->name;
@@ -215,6 +230,8 @@ static void finish(struct od_pipe *p, orderd_msg *m, orderd_outcome o, const cha
     }
     pthread_mutex_lock(&p->mu);
     untrack(p, m);
+    if (m->keyed)
+        key_release(p, m);
     p->in_flight--;
     pthread_cond_signal(&p->space);
     if (p->in_flight == 0)
@@ -526,6 +543,68 @@ out:
 
 /* ---- intake --------------------------------------------------------------------- */
 
+static uint64_t key_hash(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Take m's key turn.  RETURNS 1 when m must wait (queued on the slot), 0
+ * when it may run now.  p->mu held. */
+static int key_wait(struct od_pipe *p, orderd_msg *m)
+{
+    uint64_t h = key_hash(m->partition_key);
+    struct od_keyslot **b = &p->keys[h % OD_KEY_BUCKETS], *k;
+
+    m->key_hash = h;
+    for (k = *b; k; k = k->next) {
+        if (k->hash == h) {
+            m->next = NULL;
+            if (k->tail)
+                k->tail->next = m;
+            else
+                k->head = m;
+            k->tail = m;
+            m->keyed = 1;
+            return 1;
+        }
+    }
+    k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return 0;   /* no memory for the slot: run unordered rather than stall */
+    k->hash = h;
+    k->next = *b;
+    *b = k;
+    m->keyed = 1;
+    return 0;
+}
+
+/* m finished: hand its key's turn to the next waiting message.  p->mu held. */
+static void key_release(struct od_pipe *p, orderd_msg *m)
+{
+    struct od_keyslot **pp = &p->keys[m->key_hash % OD_KEY_BUCKETS], *k;
+
+    for (; (k = *pp) != NULL; pp = &k->next) {
+        if (k->hash != m->key_hash)
+            continue;
+        if (k->head) {
+            orderd_msg *next = k->head;
+            k->head = next->next;
+            if (k->head == NULL)
+                k->tail = NULL;
+            ready_push(p, next);
+            pthread_cond_signal(&p->work);
+        } else {
+            *pp = k->next;
+            free(k);
+        }
+        return;
+    }
+}
+
 /* The index of the stage named name (0, the first, when unknown or the input). */
 static size_t stage_index(const struct od_pipe *p, const char *name)
 {
@@ -565,6 +644,8 @@ static int admit_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int 
     track(p, m);
     m->stage = take_replay_stage(p, m);
     m->attempts = 0;
+    if (p->keys && m->partition_key && key_wait(p, m))
+        return 0;   /* queued behind its key */
     ready_push(p, m);
     pthread_cond_signal(&p->work);
     return 0;
@@ -750,6 +831,8 @@ int od_pipe_create(const struct od_pipeline_conf *pc, const char *state_dir, str
     pthread_cond_init(&p->idle, NULL);
     snprintf(p->labels, sizeof(p->labels), "pipeline=\"%s\"", pc->name);
 
+    if (pc->ordered && (p->keys = calloc(OD_KEY_BUCKETS, sizeof(*p->keys))) == NULL)
+        goto fail;
     p->nstages = pc->ntransforms + (pc->store ? 1 : 0) + pc->npublish;
     p->stages = calloc(p->nstages + 1, sizeof(*p->stages));
     if (p->stages == NULL)
@@ -913,6 +996,14 @@ void od_pipe_destroy(struct od_pipe *p)
     }
     if (p->spool)
         od_spool_close(p->spool);
+    for (size_t b = 0; p->keys && b < OD_KEY_BUCKETS; b++) {
+        struct od_keyslot *k = p->keys[b], *next;
+        for (; k; k = next) {
+            next = k->next;
+            free(k);
+        }
+    }
+    free(p->keys);
     free(p->stages);
     free(p->heap);
     free(p->workers);

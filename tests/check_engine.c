@@ -255,6 +255,41 @@ START_TEST(batches_cross_stage_boundaries)
 }
 END_TEST
 
+/* Messages with the same partition key run one at a time, in arrival
+ * order, even with several workers and retries in between. */
+START_TEST(same_partition_key_in_order)
+{
+    struct run r;
+    char path[512], body[2048];
+    FILE *f;
+    int last[3] = { 0, 0, 0 };
+
+    snprintf(path, sizeof(path), "%s/keyed.ndjson", th_state_dir());
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    for (int n = 1; n <= 300; n++)
+        fprintf(f, "{\"id\":\"o%d\",\"k\":\"c%d\",\"n\":%d}\n", n, n % 3, n);
+    fclose(f);
+    snprintf(body, sizeof(body),
+             "workers = 4; batch = { max = 8; };\n"
+             "retry = { backoff_base = \"1ms\"; backoff_cap = \"3ms\"; };\n"
+             "input = { plugin = \"file\"; path = \"%s\"; partition_key_field = \"k\"; };\n"
+             "transforms = ( { plugin = \"testkit\"; fail_times = 1; sleep = \"1ms\"; } );\n"
+             "publish = ( { plugin = \"testkit\"; record = \"rec\"; } );\n", path);
+    start(&r, body);
+    ck_assert(wait_lines("rec", 300));
+    snprintf(path, sizeof(path), "%s/rec", th_state_dir());
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    for (int n; fscanf(f, "o%d\n", &n) == 1; ) {
+        ck_assert_msg(n > last[n % 3], "o%d published after o%d with the same key", n, last[n % 3]);
+        last[n % 3] = n;
+    }
+    fclose(f);
+    stop(&r);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("engine");
@@ -272,6 +307,7 @@ int main(void)
     tcase_add_test(tc, pending_settled_later_completes);
     tcase_add_test(tc, backpressure_refuses_nowait_and_loses_nothing);
     tcase_add_test(tc, batches_cross_stage_boundaries);
+    tcase_add_test(tc, same_partition_key_in_order);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

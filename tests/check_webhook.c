@@ -587,6 +587,62 @@ START_TEST(test_400_dead_letters_at_once)
 }
 END_TEST
 
+/* A dead letter also reaches the pipeline's dead-letter area, tagged with
+ * its subscriber; replayed through the stage it goes to that subscriber
+ * only, not again to the ones that already have it. */
+START_TEST(test_dead_letter_replays_to_its_subscriber)
+{
+    struct rcv *bad = rcv_start("bad2", 400), *good = rcv_start("good2", 200);
+    char conf[1024];
+    struct th_stage *s;
+    const orderd_msg *dl;
+    const char *reason = NULL;
+    const orderd_host *h = th_host();
+    json_t *reqs;
+    orderd_msg *again;
+    char *body;
+
+    snprintf(conf, sizeof(conf),
+             "queue_dir = \"q\"; retry_base = \"10ms\";"
+             "subscribers = ( { name = \"strict\"; url = \"http://127.0.0.1:%d/in\"; },"
+             "                { name = \"fine\"; url = \"http://127.0.0.1:%d/in\"; } );",
+             bad->port, good->port);
+    s = th_stage_new("webhook", ORDERD_PUBLISH, conf);
+    publish(s, "evt-r1", "OrderCreated", "ord-9", 1);
+    json_decref(rcv_wait(good, 1, 200));
+    for (int i = 0; i < 200 && th_dead_letters(s) < 1; i++)
+        usleep(10000);
+    ck_assert_uint_eq(th_dead_letters(s), 1);
+    dl = th_dead_letter(s, 0, &reason);
+    ck_assert_str_eq(h->msg_id(dl), "evt-r1");
+    ck_assert_str_eq(h->msg_prop(dl, "webhook.subscriber"), "strict");
+    ck_assert_str_eq(h->msg_prop(dl, "type"), "OrderCreated");
+    ck_assert_str_eq(h->msg_prop(dl, "order_id"), "ord-9");
+    ck_assert_ptr_nonnull(strstr(reason, "subscriber strict"));
+    ck_assert_ptr_nonnull(strstr(reason, "400"));
+
+    /* replay: the receiver is fixed now */
+    rcv_control(bad, "{\"status\": 200}");
+    body = json_dumps(h->msg_body((orderd_msg *)dl), JSON_COMPACT);
+    again = th_msg(body);
+    free(body);
+    h->msg_set_id(again, "evt-r1");
+    h->msg_set_prop(again, "type", "OrderCreated");
+    h->msg_set_prop(again, "webhook.subscriber", "strict");
+    ck_assert_int_eq(th_process(s, again), ORDERD_OK);
+    th_msg_free(again);
+    json_decref(rcv_wait(bad, 1, 200));           /* delivered on replay */
+    reqs = rcv_requests(bad, 0);
+    ck_assert_uint_eq(json_array_size(reqs), 2);   /* the 400, then the 200 */
+    json_decref(reqs);
+    metric_wait(s, "webhook_backlog", 0);
+    reqs = rcv_requests(good, 0);
+    ck_assert_uint_eq(json_array_size(reqs), 1);   /* no duplicate for "fine" */
+    json_decref(reqs);
+    th_stage_free(s);
+}
+END_TEST
+
 START_TEST(test_max_attempts_and_refused)
 {
     struct rcv *r = rcv_start("flaky", 503);
@@ -822,6 +878,7 @@ webhook_suite(void)
     tcase_add_test(tc, test_fanout_formats);
     tcase_add_test(tc, test_one_down_others_flow);
     tcase_add_test(tc, test_400_dead_letters_at_once);
+    tcase_add_test(tc, test_dead_letter_replays_to_its_subscriber);
     tcase_add_test(tc, test_max_attempts_and_refused);
     tcase_add_test(tc, test_ttl_expires);
     tcase_add_test(tc, test_retry_after_honoured);

@@ -539,6 +539,8 @@ wh_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result *
         struct wh_event_in ev;
         const char *type;
 
+        const char *only = h->msg_prop(msgs[i], WH_SUBSCRIBER_PROP);
+
         wh_event_of(h, msgs[i], &ev, subject, sizeof(subject));
         type = ev.type;   /* what filters match: NULL matches only "all" */
         if (ev.type == NULL)
@@ -546,7 +548,8 @@ wh_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result *
         for (k = 0; k < wp->nsubs; k++) {
             struct wh_sub *s = &wp->subs[k];
 
-            if (!wh_matches(s, type))
+            /* A replayed dead letter goes back to the one subscriber it failed for. */
+            if (only != NULL ? strcmp(only, s->name) != 0 : !wh_matches(s, type))
                 continue;
             if (text[s->fmt] == NULL)
                 text[s->fmt] = wh_format_event(s->fmt, wp->source, &ev);

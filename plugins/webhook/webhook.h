@@ -94,6 +94,9 @@ int  wh_queue_commit(struct wh_queue *q, uint64_t off, size_t nrec);
 
 struct wh_plugin;
 
+/* Property naming the one subscriber a replayed dead letter is for. */
+#define WH_SUBSCRIBER_PROP "webhook.subscriber"
+
 struct wh_sub {
     struct wh_plugin  *wp;
     char              *name;

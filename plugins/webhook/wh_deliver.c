@@ -274,6 +274,47 @@ wh_permanent(long status)
     return status == 400 || status == 401 || status == 403 || status == 413;
 }
 
+/* One queued event (as formatted for the subscriber) back into a message:
+ * body = the event's data, id, type and order id as the `orders` contract
+ * has them, plus the subscriber it failed for. */
+static int
+wh_core_dead_letter(struct wh_sub *s, const struct wh_rec *rec, int64_t attempts,
+                    const struct wh_try *t)
+{
+    struct wh_plugin *wp = s->wp;
+    const orderd_host *h = wp->host;
+    json_t *ev = json_loadb(rec->ev, rec->len, 0, NULL);
+    const char *id, *type, *subject;
+    orderd_msg *m;
+    char reason[1024];
+
+    if (ev == NULL)
+        return 0;   /* unreadable record: the history file still keeps its bytes */
+    id = json_string_value(json_object_get(ev, "id"));
+    type = json_string_value(json_object_get(ev, "type"));
+    if (type == NULL)
+        type = json_string_value(json_object_get(ev, "eventType"));
+    subject = json_string_value(json_object_get(ev, "subject"));
+    m = h->msg_new(wp->inst, json_incref(json_object_get(ev, "data")));
+    if (m == NULL) {
+        json_decref(ev);
+        return -ENOMEM;
+    }
+    if (id)
+        h->msg_set_id(m, id);
+    if (type)
+        h->msg_set_prop(m, "type", type);
+    if (subject && strncmp(subject, "orders/", 7) == 0) {
+        h->msg_set_prop(m, "order_id", subject + 7);
+        h->msg_set_partition_key(m, subject + 7);
+    }
+    h->msg_set_prop(m, WH_SUBSCRIBER_PROP, s->name);
+    snprintf(reason, sizeof(reason), "subscriber %s: %s (HTTP %ld) after %lld attempt(s)",
+             s->name, t->error[0] ? t->error : "failed", t->status, (long long) attempts);
+    json_decref(ev);
+    return h->dead_letter(wp->inst, m, reason);
+}
+
 static int
 wh_dead_letter(struct wh_sub *s, const struct wh_rec *recs, int n, int64_t attempts,
                const struct wh_try *t, int64_t first_ms)
@@ -314,6 +355,13 @@ wh_dead_letter(struct wh_sub *s, const struct wh_rec *recs, int n, int64_t attem
         rc = -ENOMEM;
     if (rc < 0)
         goto out;
+
+    /* The pipeline's dead-letter area gets each event too, tagged with the
+     * subscriber, so `orderctl dead-letter replay` re-queues it for this
+     * subscriber only (see wh_process_batch).  The file below stays as the
+     * subscriber's own history of failed deliveries. */
+    for (i = 0; i < n && rc == 0; i++)
+        rc = wh_core_dead_letter(s, &recs[i], attempts, t);
 
     fd = open(s->dlq_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) {

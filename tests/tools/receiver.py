@@ -67,6 +67,7 @@ class State:
 def make_handler(state, log):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"   # keep-alive, as a real subscriber
+        disable_nagle_algorithm = True   # headers and body are two writes: no 40 ms delayed-ACK stall
 
         def log_message(self, fmt, *args):
             pass

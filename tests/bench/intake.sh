@@ -1,0 +1,162 @@
+#!/bin/bash
+# intake.sh - POST /orders throughput and latency of orderd against nginx
+# answering `return 202;` under the same wrk load, in the same run.
+#
+#   tests/bench/intake.sh [BUILD_DIR]
+#
+# BUILD_DIR (or $BUILD; default ../../build/werror from this script) is an
+# orderd build tree.  Needs wrk, nginx (nginx-light) and python3.
+# Environment knobs (defaults in brackets):
+#   DURATION [15s]  CONNS [64]  WRK_THREADS [2]  WARMUP [3s]
+#   PIPELINE [shipped]  shipped: the shipped orderd.conf's orders pipeline
+#                       (validate, orders, sqlite, webhook to a local nginx 204)
+#                       processing while intake is measured;
+#                       intake: http -> durable spool only (no stages after)
+#   HTTP_THREADS [8]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
+#   WORKERS [2]  BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
+#   PERF=1  record `perf record -g` of orderd during the run into $PERF_OUT
+#           [./intake.perf.data]
+# Everything listens on 127.0.0.1; the temporary directory (state, logs) is on
+# $TMPDIR (default /tmp): put it on the disk you mean, tmpfs makes fsync free.
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+BUILD=$(cd "${1:-${BUILD:-$HERE/../../build/werror}}" 2>/dev/null && pwd) ||
+    { echo "intake.sh: no build directory (${1:-${BUILD:-$HERE/../../build/werror}})" >&2; exit 2; }
+DURATION=${DURATION:-15s} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} WARMUP=${WARMUP:-3s}
+PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-8} SYNC=${SYNC:-true}
+WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
+PY=/usr/bin/python3
+U="$PY $HERE/benchutil.py"
+
+for tool in wrk nginx "$PY"; do
+    command -v "$tool" >/dev/null || { echo "intake.sh: $tool not found (apt-get install wrk nginx-light python3)" >&2; exit 2; }
+done
+ORDERD=$BUILD/core/orderd
+[ -x "$ORDERD" ] || { echo "intake.sh: $ORDERD not built" >&2; exit 2; }
+PLUGINS=$BUILD/plugins/http/.libs:$BUILD/plugins/validate/.libs:$BUILD/plugins/orders/.libs
+PLUGINS=$PLUGINS:$BUILD/plugins/sqlite/.libs:$BUILD/plugins/webhook/.libs:$BUILD/plugins/file/.libs
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/orderd-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]:-}"; do
+        [ -n "$pid" ] || continue
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {   # wait_port PORT : up to 10 s
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+NGX_PORT=$($U free-port) HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
+
+# ---- nginx: the baseline (return 202) and the webhook receiver (204) ----
+mkdir -p "$T/nginx"
+cat > "$T/nginx/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $T/nginx/nginx.pid;
+error_log $T/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $T/nginx/body;
+    proxy_temp_path $T/nginx/proxy;
+    fastcgi_temp_path $T/nginx/fastcgi;
+    uwsgi_temp_path $T/nginx/uwsgi;
+    scgi_temp_path $T/nginx/scgi;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$NGX_PORT; location / { return 202; } }
+    server { listen 127.0.0.1:$HOOK_PORT; location / { return 204; } }
+}
+EOF
+nginx -p "$T/nginx" -c "$T/nginx/nginx.conf" -e "$T/nginx/error.log" 2>>"$T/nginx/error.log" &
+PIDS+=($!)
+wait_port "$NGX_PORT" || { echo "nginx did not start:" >&2; cat "$T/nginx/error.log" >&2; exit 1; }
+
+# ---- orderd ----
+SCHEMA=$HERE/../../etc/orderd/order.schema.json
+if [ "$PIPELINE" = intake ]; then
+    STAGES=""
+else
+    STAGES="transforms = ( { plugin = \"validate\"; schema = \"$SCHEMA\"; }, { plugin = \"orders\"; } );
+    store = { plugin = \"sqlite\"; path = \"orders.db\"; synchronous = \"$SQLITE_SYNC\"; };
+    publish = ( { plugin = \"webhook\"; format = \"cloudevents\"; source = \"/orderd/orders\";
+                  subscribers = ( { name = \"bench\"; url = \"http://127.0.0.1:$HOOK_PORT/events\"; } ); } );"
+fi
+cat > "$T/orderd.conf" <<EOF
+state_dir = "$T/state";
+log = { level = "warn"; };
+admin = { listen = "127.0.0.1:$ADMIN_PORT"; };
+workers = $WORKERS;
+queue_size = $QUEUE;
+batch = { max = $BATCH; };
+pipelines = ( {
+    name = "orders";
+    input = { plugin = "http"; listen = "127.0.0.1:$OD_PORT"; schema = "$SCHEMA";
+              max_body = "1MiB"; threads = $HTTP_THREADS; };
+    spool = { max_bytes = "4GiB"; sync = $SYNC; };
+    $STAGES
+} );
+EOF
+mkdir -p "$T/state"
+"$ORDERD" -c "$T/orderd.conf" -P "$PLUGINS" > "$T/orderd.out" 2> "$T/orderd.log" &
+OD_PID=$!
+PIDS+=("$OD_PID")
+wait_port "$OD_PORT" || { echo "orderd did not start:" >&2; cat "$T/orderd.log" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+       -d '{"customerId":"c","currency":"EUR","items":[{"sku":"s","qty":1,"price":1}]}' \
+       "http://127.0.0.1:$OD_PORT/orders")
+[ "$code" = 202 ] || { echo "orderd answered $code to a valid order" >&2; cat "$T/orderd.log" >&2; exit 1; }
+
+run_wrk() {   # run_wrk NAME PORT : warm-up, then the measured run into $T/NAME.wrk
+    local name=$1 port=$2
+    wrk -t "$WRK_THREADS" -c "$CONNS" -d "$WARMUP" -s "$HERE/post.lua" \
+        "http://127.0.0.1:$port/orders" -- "w$name$$" > /dev/null
+    wrk -t "$WRK_THREADS" -c "$CONNS" -d "$DURATION" --latency -s "$HERE/post.lua" \
+        "http://127.0.0.1:$port/orders" -- "$name$$" > "$T/$name.wrk"
+}
+
+echo "# orderd intake benchmark"
+$U machine
+echo "build: $BUILD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "command: wrk -t $WRK_THREADS -c $CONNS -d $DURATION --latency -s post.lua (408-byte order, unique id per request)"
+echo "orderd: pipeline=$PIPELINE http threads=$HTTP_THREADS spool sync=$SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC"
+echo
+
+run_wrk nginx "$NGX_PORT"
+if [ "${PERF:-0}" = 1 ]; then
+    perf record -g -p "$OD_PID" -o "${PERF_OUT:-$PWD/intake.perf.data}" 2>"$T/perf.log" &
+    PERF_PID=$!
+fi
+run_wrk orderd "$OD_PORT"
+if [ -n "${PERF_PID:-}" ]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID"
+    echo "perf data: ${PERF_OUT:-$PWD/intake.perf.data}"
+fi
+
+read -r n_rps n_p50 n_p99 n_bad n_err < <($U wrk "$T/nginx.wrk")
+read -r o_rps o_p50 o_p99 o_bad o_err < <($U wrk "$T/orderd.wrk")
+spool=$($U metric "http://127.0.0.1:$ADMIN_PORT/metrics" orderd_spool_records)
+printf '%-8s %12s %10s %10s %8s %8s\n' "" "requests/s" "p50 ms" "p99 ms" "non-2xx" "errors"
+printf '%-8s %12.0f %10.3f %10.3f %8s %8s\n' nginx "$n_rps" "$n_p50" "$n_p99" "$n_bad" "$n_err"
+printf '%-8s %12.0f %10.3f %10.3f %8s %8s\n' orderd "$o_rps" "$o_p50" "$o_p99" "$o_bad" "$o_err"
+ratio=$(awk -v a="$o_rps" -v b="$n_rps" 'BEGIN { printf "%.1f", (b > 0) ? 100 * a / b : 0 }')
+echo "orderd/nginx requests/s: $ratio %   (target >= 50 %: $(awk -v r="$ratio" 'BEGIN { print (r >= 50) ? "met" : "MISSED" }'))"
+echo "orderd p99: $o_p99 ms   (target < 10 ms: $(awk -v p="$o_p99" 'BEGIN { print (p < 10) ? "met" : "MISSED" }'))"
+echo "spool records still queued after the run: $spool"
+if [ "$o_bad" != 0 ] || [ "$o_err" != 0 ]; then
+    echo "WARNING: orderd had $o_bad non-2xx responses and $o_err socket errors" >&2
+    tail -n 5 "$T/orderd.log" >&2
+fi
