@@ -18,4 +18,4 @@ apt-get install -y -qq --no-install-recommends \
     ca-certificates git build-essential autoconf automake libtool pkg-config \
     libconfig-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev \
     libcurl4-openssl-dev libssl-dev libqpid-proton11-dev \
-    check curl python3 procps openssl ${ORDERD_EXTRA_PACKAGES:-} >/dev/null
+    check curl python3 procps openssl groff-base man-db ${ORDERD_EXTRA_PACKAGES:-} >/dev/null

@@ -44,8 +44,8 @@ EXCLUDED = re.compile(r'^(testkit|abi.*)$')
 
 # Defaults that depend on configure's directories: show the packaged value.
 BUILD_DEFAULTS = {
-    'state_dir': ('/var/lib/orderd', '\\fIlocalstatedir\\fR/lib/orderd as built'),
-    'plugin_dir': ('/usr/lib/orderd', '\\fIlibdir\\fR/orderd as built'),
+    'state_dir': ('/var/lib/orderd', '\\fIlocalstatedir\\fR/lib/orderd as configured'),
+    'plugin_dir': ('/usr/lib/orderd', '\\fIlibdir\\fR/orderd as configured'),
 }
 
 FLAG_TEXT = {
@@ -69,11 +69,12 @@ def text_line(text):
     return text
 
 
-def sentence(help_text):
+def sentence(help_text, capital=False):
     h = help_text.strip()
     if not h:
         return 'Undocumented.'
-    h = h[0].upper() + h[1:]
+    if capital:
+        h = h[0].upper() + h[1:]
     if h[-1] not in '.!?)':
         h += '.'
     elif h[-1] == ')' and not h.endswith('.)'):
@@ -93,13 +94,15 @@ def describe(opt, top_level):
     default = opt.get('default')
     if top_level and opt['key'] in BUILD_DEFAULTS and default is not None:
         value, note = BUILD_DEFAULTS[opt['key']]
-        parts.append('default ' + bold(value) + ' (' + note + ')')
+        parts.append('default ' + bold(value) + ', that is ' + note)
     elif default == '{}':
-        parts.append('default: the defaults of its keys')
+        pass    # a group whose absent keys take their own defaults
     elif default is not None and default != '':
         parts.append('default ' + bold(default))
     if opt.get('required'):
         parts.append('required')
+    if opt.get('secret'):
+        parts.append('secret')
     if opt.get('choices'):
         parts.append('one of ' + ', '.join(bold(c) for c in opt['choices'].split('|')))
     line = '(\\fI' + esc(parts[0]) + '\\fR' + ''.join('; ' + p for p in parts[1:]) + ')'
@@ -125,7 +128,7 @@ class Writer:
             self.emit(text_line(describe(o, top_level)))
             self.emit(text_line(esc(sentence(o.get('help', '')))))
             if o.get('secret'):
-                self.emit(text_line('A secret: instead of the value, give ' +
+                self.emit(text_line('Instead of the value, give ' +
                                     bold(o['key'] + '_file') + ' (a file holding it) or ' +
                                     bold(o['key'] + '_env') +
                                     ' (an environment variable holding it); it is redacted in '
@@ -171,6 +174,8 @@ def generate(core, plugins):
     e = w.emit
     # Groups documented in their own subsection are referred to, not repeated.
     w.seen[signature(core['spool'])] = 'Its keys are listed under \\fBSpool keys\\fR below.'
+    pipelines = [o for o in core['top'] if o['key'] == 'pipelines'][0]['keys']
+    w.seen[signature(pipelines)] = 'Each element is a group of the keys listed under \\fBPipeline keys\\fR below.'
     stage_keys = [o for o in core['pipeline'] if o['key'] == 'input'][0]['keys']
     w.seen[signature(stage_keys)] = 'Its keys are listed under \\fBStage keys\\fR below.'
 
@@ -215,15 +220,17 @@ def generate(core, plugins):
     for p in plugins:
         kinds = [s['kind'] for s in p['stages']]
         e('.SS "%s plugin"' % p['name'])
-        e(text_line(esc(sentence(p.get('description', '')))))
-        e(text_line('Version ' + esc(p.get('version') or '?') + '; provides ' +
-                    ', '.join('a ' + bold(k) if k != 'input' else 'an ' + bold(k)
-                              for k in kinds) + ' stage' + ('s' if len(kinds) > 1 else '') + '.'))
+        e(text_line(esc(sentence(p.get('description', ''), True))))
+        if len(kinds) == 1:
+            provides = ('an ' if kinds[0] == 'input' else 'a ') + bold(kinds[0]) + ' stage'
+        else:
+            provides = ', '.join(bold(k) for k in kinds[:-1]) + ' and ' + bold(kinds[-1]) + ' stages'
+        e(text_line('Version ' + esc(p.get('version') or '?') + '; provides ' + provides + '.'))
         for s in p['stages']:
             e('.PP')
             e('.B "%s stage"' % s['kind'])
             e('\\(em')
-            e(text_line(esc(sentence(s.get('description', '')))))
+            e(text_line(esc(sentence(s.get('description', ''), True))))
             for f in s.get('flags', []):
                 e(text_line('This stage ' + esc(FLAG_TEXT.get(f, f)) + '.'))
             opts = s.get('options') or []
@@ -253,8 +260,10 @@ def main():
     if args.plugin_path:
         env['ORDERD_PLUGIN_PATH'] = args.plugin_path
     core = json.loads(run([args.orderd, '--help-config', '--json'], env))
-    plugins = [json.loads(run([args.orderd, '--help-plugin', n, '--json'], env))
-               for n in list_plugins(args.orderd, env)]
+    names = list_plugins(args.orderd, env)
+    if not names:
+        sys.exit('gen-options.py: no plugins found; set ORDERD_PLUGIN_PATH or --plugin-path')
+    plugins = [json.loads(run([args.orderd, '--help-plugin', n, '--json'], env)) for n in names]
 
     with open(args.man, encoding='utf-8') as f:
         lines = f.read().split('\n')
