@@ -468,6 +468,17 @@ static void octl_print_raw(const char *raw)
         fputc('\n', stdout);
 }
 
+/* Prints doc (stolen) as one line of JSON. */
+static void octl_print_json(json_t *doc)
+{
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+
+    if (text)
+        puts(text);
+    free(text);
+    json_decref(doc);
+}
+
 static int octl_cmd_status(struct octl *o)
 {
     json_t *st;
@@ -739,8 +750,8 @@ static int octl_dl_replay(struct octl *o, const char *pipeline)
         }
     }
     if (o->json)
-        printf("{\"pipeline\":\"%s\",\"replayed\":%" JSON_INTEGER_FORMAT ",\"failed\":%" JSON_INTEGER_FORMAT
-               ",\"remaining\":%" JSON_INTEGER_FORMAT "}\n", pipeline, replayed, failed, remaining);
+        octl_print_json(json_pack("{s:s, s:I, s:I, s:I}", "pipeline", pipeline, "replayed", replayed, "failed",
+                                  failed, "remaining", remaining));
     else if (total == 0)
         printf("%s: no dead letters to replay\n", pipeline);
     else
@@ -784,8 +795,7 @@ static int octl_dl_purge(struct octl *o, const char *pipeline)
         json_decref(ans);
     }
     if (o->json)
-        printf("{\"pipeline\":\"%s\",\"purged\":%" JSON_INTEGER_FORMAT ",\"remaining\":%" JSON_INTEGER_FORMAT "}\n",
-               pipeline, purged, remaining);
+        octl_print_json(json_pack("{s:s, s:I, s:I}", "pipeline", pipeline, "purged", purged, "remaining", remaining));
     else
         printf("%s: purged %" JSON_INTEGER_FORMAT " dead letter%s, %" JSON_INTEGER_FORMAT " remaining\n", pipeline,
                purged, purged == 1 ? "" : "s", remaining);

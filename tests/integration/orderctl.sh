@@ -90,8 +90,8 @@ check "purge without --yes refused (64)" [ "$RC" -eq 64 ]
 check "purge refusal says --yes" err_has purge-no 'add --yes'
 octl counts2 dead-letter list --json
 check "nothing purged without --yes" out_has counts2 '"pipeline": "orders", "count": 2'
-octl purge-one dead-letter purge orders --id dl-0522 --yes
-check "purge --id" out_has purge-one 'purged 1 dead letter, 1 remaining'
+octl purge-one dead-letter purge orders --id dl-0522 --yes --json
+check "purge --id (--json totals)" out_has purge-one '^{"pipeline":"orders","purged":1,"remaining":1}$'
 octl purge dead-letter purge orders -y
 check "purge all" sh -c "[ $RC -eq 0 ] && grep -q 'purged 1 dead letter, 0 remaining' '$T/purge.out'"
 octl replay-empty dead-letter replay orders --all
