@@ -28,7 +28,7 @@ static int (*api_ready)(void *);
 static int answer(int *status, char **resp, int code, json_t *body)
 {
     *status = code;
-    *resp = json_dumps(body, JSON_COMPACT);
+    *resp = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(body);
     return *resp ? 0 : -ENOMEM;
 }

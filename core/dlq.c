@@ -44,13 +44,13 @@ int od_dlq_append(const char *state_dir, const char *pipeline, const char *stage
     json_object_set_new(j, "stage", json_string(stage ? stage : ""));
     json_object_set_new(j, "reason", json_string(reason ? reason : ""));
     json_object_set_new(j, "dead_lettered_ms", json_integer(od_now_ms()));
-    text = json_dumps(j, JSON_COMPACT);
+    text = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15));
     if (text == NULL) {
         rc = -ENOMEM;
         goto out;
     }
     len = strlen(text);
-    text[len++] = '\n';   /* json_dumps leaves room: we overwrite the NUL */
+    text[len++] = '\n';   /* replaces the terminating NUL: write() takes len, not a string */
     dir = od_dirname(path);
     if (dir == NULL || (rc = od_mkdir_p(dir, 0750)) < 0)
         goto out;
@@ -153,7 +153,7 @@ int od_dlq_edit(const char *state_dir, const char *pipeline,
         goto out;
     }
     for (size_t i = 0; i < json_array_size(keep); i++) {
-        if (json_dumpf(json_array_get(keep, i), f, JSON_COMPACT) < 0 || fputc('\n', f) == EOF) {
+        if (json_dumpf(json_array_get(keep, i), f, JSON_COMPACT | JSON_REAL_PRECISION(15)) < 0 || fputc('\n', f) == EOF) {
             rc = -EIO;
             break;
         }

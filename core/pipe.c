@@ -670,7 +670,7 @@ int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
             return -ESHUTDOWN;
         }
         j = od_msg_to_json(m);
-        text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
         json_decref(j);
         od_msg_free(m);
         if (text == NULL)

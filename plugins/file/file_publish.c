@@ -95,7 +95,7 @@ fp_encode(const struct fp *fp, orderd_msg *m, struct fp_buf *b)
         rc = -EINVAL;
         goto out;
     }
-    s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    s = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY);
     if (s == NULL) {
         rc = -EINVAL;
         goto out;

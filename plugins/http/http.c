@@ -452,7 +452,7 @@ static hp_ret hp_options_reply(struct hp *h, struct MHD_Connection *c, const cha
 
 static hp_ret hp_json_reply(struct hp *h, struct MHD_Connection *c, unsigned status, json_t *doc)
 {
-    char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    char *body = doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
 
     json_decref(doc);
     if (body == NULL)

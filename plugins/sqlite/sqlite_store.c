@@ -227,7 +227,7 @@ sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
             return h->reject(m, "sqlite: document has no message id to store it under");
         rec->version = 0;
         rec->status = json_is_object(body) ? sqs_str(body, "status") : NULL;
-        rec->snap_txt = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+        rec->snap_txt = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY);
         if (rec->snap_txt == NULL)
             return h->reject(m, "sqlite: document body cannot be encoded as JSON");
         return 0;
@@ -272,8 +272,8 @@ sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
                          (long long) rec->version);
 
     rec->status = sqs_str(snap, "status");
-    rec->event_txt = json_dumps(body, JSON_COMPACT);
-    rec->snap_txt = json_dumps(snap, JSON_COMPACT);
+    rec->event_txt = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    rec->snap_txt = json_dumps(snap, JSON_COMPACT | JSON_REAL_PRECISION(15));
     if (rec->event_txt == NULL || rec->snap_txt == NULL)
         return h->reject(m, "sqlite: event %s cannot be encoded as JSON", rec->event_id);
     return 0;

@@ -341,7 +341,7 @@ wh_dead_letter(struct wh_sub *s, const struct wh_rec *recs, int n, int64_t attem
                               "first_attempt_ms", (json_int_t) first_ms,
                               "dead_lettered_ms", (json_int_t) now,
                               "event", ev);
-        char *text = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        char *text = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_PRESERVE_ORDER) : NULL;
 
         if (text != NULL)
             fprintf(mem, "%s\n", text);

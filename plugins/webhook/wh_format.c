@@ -66,7 +66,7 @@ wh_format_event(wh_format fmt, const char *source, const struct wh_event_in *ev)
         rc |= json_object_set(o, "data", data);
     }
     if (rc == 0)
-        text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_PRESERVE_ORDER);
 
 out:
     json_decref(data);

@@ -21,6 +21,7 @@ make_lines "$T/in.ndjson" 1 10
 cat > "$T/p.conf" <<CONF
 state_dir = "$T/state";
 admin = { listen = "127.0.0.1:0"; };
+log = { format = "json"; level = "debug"; };
 pipelines = ( { name = "p"; input = { plugin = "file"; path = "in.ndjson"; };
   publish = ( { plugin = "file"; path = "$T/out.ndjson"; } ); } );
 CONF
@@ -48,5 +49,11 @@ kill -HUP "$ODPID"
 check "RELOADING=1 sent" wait_until 10 grep -q "^RELOADING=1" "$T/notify.txt"
 check "READY=1 again after reload" wait_until 10 sh -c "[ \$(grep -c '^READY=1' '$T/notify.txt') -ge 2 ]"
 stop_orderd
+check "log lines are JSON objects naming pipeline and stage" "$PY" -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+assert lines and all({"time", "level", "msg"} <= set(l) for l in lines)
+assert any(l.get("pipeline") == "p" and l.get("stage") for l in lines)
+' "$T/run.log"
 check "STOPPING=1 sent" wait_until 10 grep -q "^STOPPING=1" "$T/notify.txt"
 finish
