@@ -4,7 +4,7 @@
 #   build:   autotools, pkg-config, a C compiler
 #   core:    libconfig (config files), jansson (JSON), libmicrohttpd (admin API)
 #   plugins: libmicrohttpd (http), SQLite (sqlite), libcurl + OpenSSL (webhook,
-#            enrich), Qpid Proton-C (servicebus)
+#            enrich), Qpid Proton-C (servicebus), librdkafka (kafka)
 #   tests:   Check (unit tests), curl and python3 (integration tests' clients
 #            and receivers), wrk and nginx-light (benchmarks)
 set -eu
@@ -17,5 +17,5 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     ca-certificates git build-essential autoconf automake libtool pkg-config \
     libconfig-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev \
-    libcurl4-openssl-dev libssl-dev libqpid-proton11-dev \
+    libcurl4-openssl-dev libssl-dev libqpid-proton11-dev librdkafka-dev \
     check curl python3 procps openssl groff-base man-db ${ORDERD_EXTRA_PACKAGES:-} >/dev/null

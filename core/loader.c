@@ -60,11 +60,10 @@ void od_registry_free(struct od_registry *r)
 {
     for (size_t i = 0; i < r->nplugins; i++) {
         struct od_plugin *p = r->plugins[i];
-        /* Sanitizer builds keep the code mapped so leak reports can name it. */
-#ifndef OD_NO_DLCLOSE
-        if (p->dl && getenv("ORDERD_NO_DLCLOSE") == NULL)
-            dlclose(p->dl);
-#endif
+        /* Plugins are never dlclose()d: libraries they pull in (librdkafka,
+         * OpenSSL, libcurl, Proton) keep global state and threads that do not
+         * survive being unmapped, and nothing is gained - a reload dlopen()s
+         * the same file again and gets the same mapping back. */
         free(p->name);
         free(p->path);
         free(p);
