@@ -28,8 +28,11 @@
  * it becomes the leader: it takes the queued requests (up to a segment's
  * worth), drops the lock, writes them with pwritev and issues ONE fdatasync,
  * retakes the lock, indexes the records, marks every request done and wakes
- * everybody; a waiter whose request is still queued then leads the next
- * group.  So N concurrent appends cost about one fsync.  Records are indexed
+ * their owners, and wakes the owner of the request now at the head of the
+ * queue, which leads the next group.  Each waiter sleeps on its own
+ * condition variable so a commit wakes only those it concerns, not every
+ * appender (a broadcast made 64 waiters contend for the lock per group).
+ * So N concurrent appends cost about one fsync.  Records are indexed
  * (visible to od_spool_next) only once durable.
  *
  * MEMORY.  Payloads stay on disk.  Each segment keeps, per seq, its
@@ -119,6 +122,7 @@ struct spool_req {
     uint64_t          seq;
     int               rc;
     bool              done;
+    pthread_cond_t    cv;       /* its owner waits here: done, or now at the head to lead */
     unsigned char     hdr[SPOOL_HDR];
 };
 
@@ -131,7 +135,6 @@ struct od_spool {
     bool               sync;
 
     pthread_mutex_t    mu;
-    pthread_cond_t     commit_cv;   /* appenders: group written, or leader gone */
     pthread_cond_t     ready_cv;    /* readers: records indexed, or shutdown */
 
     struct spool_seg **segs;        /* by first seq; the last one is active */
@@ -657,14 +660,18 @@ static void spool_lead(struct od_spool *s)
         next = r->next;     /* r may be gone once its owner sees done */
         r->rc = rc;
         r->done = true;
+        /* Under the lock: the owner cannot see done (and destroy cv)
+         * before we let go of it. */
+        pthread_cond_signal(&r->cv);
     }
     s->leader = false;
-    pthread_cond_broadcast(&s->commit_cv);
+    if (s->qhead != NULL)
+        pthread_cond_signal(&s->qhead->cv);     /* next leader */
 }
 
 int od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *seq)
 {
-    struct spool_req req = { .data = data, .len = len };
+    struct spool_req req = { .data = data, .len = len, .cv = PTHREAD_COND_INITIALIZER };
     uint32_t dcrc;
     uint64_t used;
     struct spool_seg *act;
@@ -708,13 +715,14 @@ int od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *
         if (!s->leader)
             spool_lead(s);
         else
-            pthread_cond_wait(&s->commit_cv, &s->mu);
+            pthread_cond_wait(&req.cv, &s->mu);
     }
     rc = req.rc;
     if (rc == 0)
         *seq = req.seq;
 out:
     pthread_mutex_unlock(&s->mu);
+    pthread_cond_destroy(&req.cv);
     return rc;
 }
 
@@ -853,7 +861,6 @@ void od_spool_shutdown(struct od_spool *s)
     pthread_mutex_lock(&s->mu);
     s->shutdown = true;
     pthread_cond_broadcast(&s->ready_cv);
-    pthread_cond_broadcast(&s->commit_cv);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -1218,7 +1225,6 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
         s->seg_bytes = SPOOL_SEG_MAX;
     s->sync = o->sync != 0;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->commit_cv, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->ready_cv, &ca);
@@ -1272,7 +1278,6 @@ void od_spool_close(struct od_spool *s)
         close(s->dir_fd);
     free(s->dir);
     pthread_cond_destroy(&s->ready_cv);
-    pthread_cond_destroy(&s->commit_cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }

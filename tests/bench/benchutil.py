@@ -7,8 +7,15 @@
     benchutil.py stages URL                   per-stage latency (p50/p99 estimated from the histogram buckets)
     benchutil.py sqlcount DB SQL              one integer from a read-only sqlite query (0 if table missing)
     benchutil.py free-port                    a free TCP port on 127.0.0.1
+    benchutil.py fill URL N WRKPID LIMIT      SIGINT wrk once http_requests_202 >= N; print "count seconds"
+    benchutil.py drain URL LIMIT PID          time orderd_spool_records falling to 0:
+                                              "start end first_seen_s total_s vmhwm_kib"
+    benchutil.py e2e-watch URL DB N WRKPID LIMIT STAGESFILE
+                                              stop wrk (SIGINT) once N are accepted, then time
+                                              stored snapshots and webhook deliveries
 """
 import os
+import signal
 import platform
 import re
 import socket
@@ -170,6 +177,160 @@ def sqlcount(db, sql):
         print(0)
 
 
+def metric_value(text, name):
+    return sum(v for n, _, v in samples(text) if n == name)
+
+
+def e2e_watch(url, db, n, wrk_pid, limit, stages_file):
+    """Polls every 50 ms; prints "key value" lines for e2e.sh."""
+    t0 = time.time()
+    t_posted = t_stored = t_hooked = None
+    m = n
+    peak_spool = peak_flight = 0
+    con = None
+    mid_done = False
+    snaps = hooks = 0
+    while time.time() - t0 < limit:
+        try:
+            text = scrape(url)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        acc = metric_value(text, "orderd_plugin_http_requests_202")
+        hooks = metric_value(text, "orderd_plugin_webhook_delivered")
+        peak_spool = max(peak_spool, metric_value(text, "orderd_spool_records"))
+        for nm, labels, v in samples(text):
+            if nm == "orderd_pipeline_in_flight" and labels.get("pipeline") == "orders":
+                peak_flight = max(peak_flight, v)
+        if t_posted is None and acc >= n:
+            t_posted = time.time()
+            try:
+                os.kill(wrk_pid, signal.SIGINT)
+            except OSError:
+                pass
+            # wrk exits within a moment; its last answers still count
+            for _ in range(100):
+                try:
+                    os.kill(wrk_pid, 0)
+                except OSError:
+                    break
+                time.sleep(0.02)
+            m = metric_value(scrape(url), "orderd_plugin_http_requests_202")
+        if con is None and os.path.exists(db):
+            try:
+                con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
+            except sqlite3.Error:
+                con = None
+        if con is not None:
+            try:
+                snaps = con.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+            except sqlite3.Error:
+                snaps = 0
+        if not mid_done and snaps >= n // 2:
+            mid_done = True
+            with open(stages_file, "w") as f:
+                old = sys.stdout
+                sys.stdout = f
+                try:
+                    stages(url)
+                finally:
+                    sys.stdout = old
+        if t_posted is not None:
+            m = max(m, acc)     # 202s still arriving after wrk was told to stop
+            if t_stored is None and snaps >= m:
+                t_stored = time.time()
+            if t_hooked is None and hooks >= m:
+                t_hooked = time.time()
+            if t_stored is not None and t_hooked is not None:
+                break
+        time.sleep(0.05)
+    if t_posted is None:
+        try:
+            os.kill(wrk_pid, signal.SIGINT)
+        except OSError:
+            pass
+    if con is not None:
+        con.close()
+
+    def rel(t):
+        return "%.3f" % (t - t0) if t is not None else "-"
+    print("measured %d" % m)
+    print("posted %s" % rel(t_posted))
+    print("stored %s" % rel(t_stored))
+    print("hooked %s" % rel(t_hooked))
+    print("snapshots %d" % snaps)
+    print("delivered %d" % hooks)
+    print("peak_spool %d" % peak_spool)
+    print("peak_in_flight %d" % peak_flight)
+
+
+def fill(url, n, wrk_pid, limit):
+    t0 = time.time()
+    acc = 0
+    while time.time() - t0 < limit:
+        try:
+            acc = metric_value(scrape(url), "orderd_plugin_http_requests_202")
+        except OSError:
+            pass
+        if acc >= n:
+            break
+        try:
+            os.kill(wrk_pid, 0)
+        except OSError:
+            break
+        time.sleep(0.1)
+    t1 = time.time()
+    try:
+        os.kill(wrk_pid, signal.SIGINT)
+    except OSError:
+        pass
+    for _ in range(200):
+        try:
+            os.kill(wrk_pid, 0)
+        except OSError:
+            break
+        time.sleep(0.02)
+    time.sleep(0.2)
+    acc = metric_value(scrape(url), "orderd_plugin_http_requests_202")
+    print("%d %.3f" % (acc, t1 - t0))
+
+
+def vm_kib(pid, key):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def drain(url, limit, pid):
+    t0 = time.time()
+    start = None
+    last = None
+    t_first = 0.0
+    while time.time() - t0 < limit:
+        try:
+            text = scrape(url)
+        except OSError:
+            time.sleep(0.1)
+            continue
+        if "orderd_spool_records" not in text:
+            time.sleep(0.1)
+            continue
+        last = metric_value(text, "orderd_spool_records")
+        if start is None:
+            start = last
+            t_first = time.time() - t0
+        if last == 0:
+            break
+        time.sleep(0.2)
+    print("%d %d %.3f %.3f %d" % (start or 0, last if last is not None else -1, t_first,
+                                  time.time() - t0, vm_kib(pid, "VmHWM")))
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -191,6 +352,12 @@ def main():
         stages(a[1])
     elif a[0] == "sqlcount":
         sqlcount(a[1], a[2])
+    elif a[0] == "fill":
+        fill(a[1], int(a[2]), int(a[3]), float(a[4]))
+    elif a[0] == "drain":
+        drain(a[1], float(a[2]), int(a[3]))
+    elif a[0] == "e2e-watch":
+        e2e_watch(a[1], a[2], int(a[3]), int(a[4]), float(a[5]), a[6])
     elif a[0] == "free-port":
         free_port()
     else:

@@ -16,6 +16,8 @@
 #   WORKERS [2]  BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
 #   PERF=1  record `perf record -g` of orderd during the run into $PERF_OUT
 #           [./intake.perf.data]
+# On a busy or shared machine compare the "CPU ... per request" line, which
+# moves far less than requests/s.
 # Everything listens on 127.0.0.1; the temporary directory (state, logs) is on
 # $TMPDIR (default /tmp): put it on the disk you mean, tmpfs makes fsync free.
 set -u
@@ -120,12 +122,21 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json
        "http://127.0.0.1:$OD_PORT/orders")
 [ "$code" = 202 ] || { echo "orderd answered $code to a valid order" >&2; cat "$T/orderd.log" >&2; exit 1; }
 
-run_wrk() {   # run_wrk NAME PORT : warm-up, then the measured run into $T/NAME.wrk
-    local name=$1 port=$2
+cpu_ticks() {   # cpu_ticks PID : user+system clock ticks so far
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# run_wrk NAME PORT [PID] : warm-up, then the measured run into $T/NAME.wrk;
+# with PID, that process's CPU ticks over the measured run in $cpu0/$cpu1
+run_wrk() {
+    local name=$1 port=$2 pid=${3:-}
     wrk -t "$WRK_THREADS" -c "$CONNS" -d "$WARMUP" -s "$HERE/post.lua" \
-        "http://127.0.0.1:$port/orders" -- "w$name$$" > /dev/null
+        "http://127.0.0.1:$port/orders" -- "w$name$$" > "$T/$name.warm"
+    [ -n "$pid" ] && cpu0=$(cpu_ticks "$pid")
     wrk -t "$WRK_THREADS" -c "$CONNS" -d "$DURATION" --latency -s "$HERE/post.lua" \
         "http://127.0.0.1:$port/orders" -- "$name$$" > "$T/$name.wrk"
+    [ -n "$pid" ] && cpu1=$(cpu_ticks "$pid")
+    return 0
 }
 
 echo "# orderd intake benchmark"
@@ -140,7 +151,7 @@ if [ "${PERF:-0}" = 1 ]; then
     perf record -g -p "$OD_PID" -o "${PERF_OUT:-$PWD/intake.perf.data}" 2>"$T/perf.log" &
     PERF_PID=$!
 fi
-run_wrk orderd "$OD_PORT"
+run_wrk orderd "$OD_PORT" "$OD_PID"
 if [ -n "${PERF_PID:-}" ]; then
     kill -INT "$PERF_PID"; wait "$PERF_PID"
     echo "perf data: ${PERF_OUT:-$PWD/intake.perf.data}"
@@ -155,6 +166,9 @@ printf '%-8s %12.0f %10.3f %10.3f %8s %8s\n' orderd "$o_rps" "$o_p50" "$o_p99" "
 ratio=$(awk -v a="$o_rps" -v b="$n_rps" 'BEGIN { printf "%.1f", (b > 0) ? 100 * a / b : 0 }')
 echo "orderd/nginx requests/s: $ratio %   (target >= 50 %: $(awk -v r="$ratio" 'BEGIN { print (r >= 50) ? "met" : "MISSED" }'))"
 echo "orderd p99: $o_p99 ms   (target < 10 ms: $(awk -v p="$o_p99" 'BEGIN { print (p < 10) ? "met" : "MISSED" }'))"
+awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" -v r="$o_rps" 'BEGIN {
+    sub(/s$/, "", d); s = t / hz
+    printf "orderd CPU during the measured run: %.1f s of %s s (%.0f %% of one core), %.1f us per request\n", s, d, 100 * s / d, 1e6 * s / (r * d) }'
 echo "spool records still queued after the run: $spool"
 if [ "$o_bad" != 0 ] || [ "$o_err" != 0 ]; then
     echo "WARNING: orderd had $o_bad non-2xx responses and $o_err socket errors" >&2

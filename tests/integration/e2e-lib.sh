@@ -116,3 +116,14 @@ metric() {
 order_json() {
     printf '{"id":"%s","customerId":"c-1","currency":"EUR","items":[{"sku":"s1","qty":2,"price":4.5}]}' "$1"
 }
+
+# wait_for TIMEOUT_S COMMAND... : like wait_until, but the limit is wall
+# time, so a slow COMMAND (a python3 query) cannot stretch it
+wait_for() {
+    local end=$((SECONDS + $1)); shift
+    while :; do
+        "$@" && return 0
+        [ "$SECONDS" -ge "$end" ] && return 1
+        sleep 0.1
+    done
+}

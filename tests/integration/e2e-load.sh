@@ -17,7 +17,7 @@ post_orders --count "$N" --threads 32 --prefix L --out "$T/answers.txt"
 check "every POST answered" [ "$(lines "$T/answers.txt")" -eq "$N" ]
 check "all 1000 answered 202" [ "$(grep -c ' 202 ' "$T/answers.txt")" -eq "$N" ]
 
-check "all orders stored" wait_until 60 sh -c "[ \"\$(\"$PY\" \"$CLIENT\" sql \"$DB\" 'SELECT count(*) FROM snapshots')\" -ge $N ]"
+check "all orders stored" wait_for 60 sh -c "[ \"\$(\"$PY\" \"$CLIENT\" sql \"$DB\" 'SELECT count(*) FROM snapshots')\" -ge $N ]"
 check "snapshots: exactly the 1000 orders, created, version 1" \
     [ "$(sql "SELECT count(*), count(DISTINCT id), sum(status = 'created'), sum(version = 1), min(id LIKE 'L%') FROM snapshots")" = "$N|$N|$N|$N|1" ]
 check "snapshot ids are the ids that got 202" \
@@ -27,11 +27,11 @@ check "events: one OrderCreated per order, nothing else" \
 
 event_ids > "$T/events.txt"
 for r in billing audit crm; do
-    check "$r received all $N events" wait_until 60 has_received "$r" "$N"
+    check "$r received all $N events" wait_for 60 has_received "$r" "$N"
     check "$r received exactly the stored events" cmp -s "$T/events.txt" <(received "$r")
 done
-check "webhook backlog drained" wait_until 10 sh -c "curl -s http://127.0.0.1:$ODPORT/metrics | grep -q '^orderd_plugin_webhook_backlog{pipeline=\"orders\",stage=\"webhook\"} 0$'"
-check "projections wrote every event" wait_until 30 has_lines "$T/state/events.ndjson" "$N"
+check "webhook backlog drained" wait_for 10 sh -c "curl -s http://127.0.0.1:$ODPORT/metrics | grep -q '^orderd_plugin_webhook_backlog{pipeline=\"orders\",stage=\"webhook\"} 0$'"
+check "projections wrote every event" wait_for 30 has_lines "$T/state/events.ndjson" "$N"
 check "projections: each event once" [ "$(sed -n 's/^{"id":"\(evt-[0-9a-f]*\)".*/\1/p' "$T/state/events.ndjson" | LC_ALL=C sort -u | wc -l)" -eq "$N" ]
 
 # a CloudEvent as the shipped config promises

@@ -1,0 +1,157 @@
+#!/bin/bash
+# e2e.sh - orders per second from POST /orders to "snapshot stored in sqlite
+# and webhook delivered", through the shipped pipeline (http -> durable spool
+# -> validate -> orders -> sqlite -> webhook, plus the projections pipeline).
+#
+#   tests/bench/e2e.sh [BUILD_DIR]
+#
+# Orders (unique ids) are posted with wrk (post.lua) until orderd has answered
+# 202 to N of them (its http_requests_202 counter), then wrk is stopped; M, the
+# final 202 count (N plus the few in flight), is the number measured.  The
+# clock runs from the first POST until the sqlite snapshots table holds M rows
+# AND the webhook receiver (nginx answering 204) has acknowledged M events
+# (orderd's webhook_delivered counter).  Needs wrk, nginx, python3.
+# Knobs (defaults): N [50000]  CONNS [64]  WRK_THREADS [2]  LIMIT [300] s
+#   HTTP_THREADS [8]  WORKERS [2]  BATCH [256]  QUEUE [4096]
+#   SQLITE_SYNC [full]  SYNC [true] (spool)  PROJECTIONS [1]
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+BUILD=$(cd "${1:-${BUILD:-$HERE/../../build/werror}}" 2>/dev/null && pwd) ||
+    { echo "e2e.sh: no build directory (${1:-${BUILD:-$HERE/../../build/werror}})" >&2; exit 2; }
+N=${N:-50000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} LIMIT=${LIMIT:-300}
+HTTP_THREADS=${HTTP_THREADS:-8} WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096}
+SQLITE_SYNC=${SQLITE_SYNC:-full} SYNC=${SYNC:-true} PROJECTIONS=${PROJECTIONS:-1}
+PY=/usr/bin/python3
+U="$PY $HERE/benchutil.py"
+
+for tool in wrk nginx "$PY"; do
+    command -v "$tool" >/dev/null || { echo "e2e.sh: $tool not found (apt-get install wrk nginx-light python3)" >&2; exit 2; }
+done
+ORDERD=$BUILD/core/orderd
+[ -x "$ORDERD" ] || { echo "e2e.sh: $ORDERD not built" >&2; exit 2; }
+PLUGINS=$BUILD/plugins/http/.libs:$BUILD/plugins/validate/.libs:$BUILD/plugins/orders/.libs
+PLUGINS=$PLUGINS:$BUILD/plugins/sqlite/.libs:$BUILD/plugins/webhook/.libs:$BUILD/plugins/file/.libs
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/orderd-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]:-}"; do
+        [ -n "$pid" ] || continue
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
+METRICS=http://127.0.0.1:$ADMIN_PORT/metrics
+
+# ---- the webhook receiver: nginx answering 204, counting requests ----
+mkdir -p "$T/nginx"
+cat > "$T/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $T/nginx/nginx.pid;
+error_log $T/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    log_format hit '.';
+    client_body_temp_path $T/nginx/body;
+    proxy_temp_path $T/nginx/proxy;
+    fastcgi_temp_path $T/nginx/fastcgi;
+    uwsgi_temp_path $T/nginx/uwsgi;
+    scgi_temp_path $T/nginx/scgi;
+    keepalive_requests 1000000;
+    client_body_buffer_size 1m;
+    server { listen 127.0.0.1:$HOOK_PORT;
+             access_log $T/nginx/hooks.log hit buffer=64k flush=100ms;
+             location / { return 204; } }
+}
+EOF
+nginx -p "$T/nginx" -c "$T/nginx/nginx.conf" -e "$T/nginx/error.log" 2>>"$T/nginx/error.log" &
+PIDS+=($!)
+wait_port "$HOOK_PORT" || { echo "nginx did not start:" >&2; cat "$T/nginx/error.log" >&2; exit 1; }
+
+# ---- orderd: the shipped orderd.conf, ports and paths moved ----
+SCHEMA=$HERE/../../etc/orderd/order.schema.json
+PROJ=""
+[ "$PROJECTIONS" = 1 ] && PROJ=",
+  { name = \"projections\";
+    input = { plugin = \"sqlite\"; path = \"orders.db\"; consumer = \"projections\"; };
+    publish = ( { plugin = \"file\"; path = \"events.ndjson\"; fsync = \"interval\"; } ); }"
+cat > "$T/orderd.conf" <<EOF
+state_dir = "$T/state";
+log = { level = "warn"; };
+admin = { listen = "127.0.0.1:$ADMIN_PORT"; };
+workers = $WORKERS;
+queue_size = $QUEUE;
+batch = { max = $BATCH; };
+pipelines = (
+  { name = "orders";
+    input = { plugin = "http"; listen = "127.0.0.1:$OD_PORT"; schema = "$SCHEMA";
+              max_body = "1MiB"; threads = $HTTP_THREADS; };
+    spool = { max_bytes = "1GiB"; sync = $SYNC; };
+    transforms = ( { plugin = "validate"; schema = "$SCHEMA"; }, { plugin = "orders"; } );
+    store = { plugin = "sqlite"; path = "orders.db"; synchronous = "$SQLITE_SYNC"; };
+    publish = ( { plugin = "webhook"; format = "cloudevents"; source = "/orderd/orders";
+                  subscribers = ( { name = "bench"; url = "http://127.0.0.1:$HOOK_PORT/events"; } ); } ); }$PROJ
+);
+EOF
+mkdir -p "$T/state"
+"$ORDERD" -c "$T/orderd.conf" -P "$PLUGINS" > "$T/orderd.out" 2> "$T/orderd.log" &
+OD_PID=$!
+PIDS+=("$OD_PID")
+wait_port "$OD_PORT" || { echo "orderd did not start:" >&2; cat "$T/orderd.log" >&2; exit 1; }
+wait_port "$ADMIN_PORT" || { echo "orderd admin did not start:" >&2; cat "$T/orderd.log" >&2; exit 1; }
+
+echo "# orderd end-to-end benchmark"
+$U machine
+echo "build: $BUILD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "command: N=$N wrk -t $WRK_THREADS -c $CONNS -s post.lua, stopped at N accepted (408-byte orders, unique ids)"
+echo "orderd: http threads=$HTTP_THREADS spool sync=$SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC projections=$PROJECTIONS"
+echo
+
+DB=$T/state/orders.db
+
+wrk -t "$WRK_THREADS" -c "$CONNS" -d "${LIMIT}s" --latency -s "$HERE/post.lua" \
+    "http://127.0.0.1:$OD_PORT/orders" -- "e2e$$" > "$T/wrk.out" 2>&1 &
+WRK_PID=$!
+PIDS+=("$WRK_PID")
+# polls /metrics and the database every 50 ms; times are seconds from here
+$U e2e-watch "$METRICS" "$DB" "$N" "$WRK_PID" "$LIMIT" "$T/mid.txt" > "$T/watch.out"
+kill -INT "$WRK_PID" 2>/dev/null; wait "$WRK_PID" 2>/dev/null
+w() { sed -n "s/^$1 //p" "$T/watch.out"; }
+M=$(w measured)
+
+read -r _ p50 p99 bad err < <($U wrk "$T/wrk.out")
+{ [ "$bad" != 0 ] || [ "$err" != 0 ]; } && echo "WARNING: $bad non-2xx answers, $err socket errors while posting"
+rate() { awk -v n="$M" -v s="$1" 'BEGIN { if (s == "-") print "n/a"; else printf "%.0f", n / s }'; }
+echo "orders measured (M): $M   (wrk stopped once $N were accepted)"
+echo "posting:   all $M answered 202 after $(w posted) s -> $(rate "$(w posted)") orders/s (p50 $p50 ms, p99 $p99 ms)"
+echo "stored:    snapshots=$(w snapshots) after $(w stored) s -> $(rate "$(w stored)") orders/s"
+echo "delivered: webhook_delivered=$(w delivered) (receiver saw $(wc -l < "$T/nginx/hooks.log" 2>/dev/null || echo 0) POSTs) after $(w hooked) s -> $(rate "$(w hooked)") orders/s"
+if [ "$(w stored)" != - ] && [ "$(w hooked)" != - ]; then
+    end=$(awk -v a="$(w stored)" -v b="$(w hooked)" 'BEGIN { print (a > b) ? a : b }')
+    r=$(rate "$end")
+    echo "END-TO-END: $r orders/s  (target >= 20000 on 2 cores: $(awk -v r="$r" 'BEGIN { print (r >= 20000) ? "met" : "MISSED" }'))"
+else
+    echo "END-TO-END: not finished within $LIMIT s (stored $(w snapshots), delivered $(w delivered) of $M)"
+fi
+echo "peak spool backlog: $(w peak_spool) records; peak in flight (orders pipeline): $(w peak_in_flight)"
+echo
+echo "per-stage latency when half the orders were stored (orderd_stage_latency_seconds):"
+[ -f "$T/mid.txt" ] && cat "$T/mid.txt"
+echo "at the end:"
+$U stages "$METRICS"
