@@ -19,3 +19,9 @@ apt-get install -y -qq --no-install-recommends \
     libconfig-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev \
     libcurl4-openssl-dev libssl-dev libqpid-proton11-dev librdkafka-dev \
     check curl python3 procps openssl groff-base man-db ${ORDERD_EXTRA_PACKAGES:-} >/dev/null
+# Node.js runs test-side tools only (a Cosmos DB-compatible server and the
+# official Azure SDKs as independent checkers, tests/peers/); the machine
+# image may already have a newer one.
+if ! command -v npm >/dev/null 2>&1; then
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi

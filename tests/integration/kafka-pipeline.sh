@@ -13,6 +13,7 @@ BOOT=$(head -n 1 "$T/mock.out")
 
 cat > "$T/k.conf" <<CONF
 state_dir = "$T/state";
+admin = { listen = "127.0.0.1:0"; };
 pipelines = ( { name = "orders";
   input = { plugin = "kafka"; bootstrap_servers = "$BOOT"; topics = [ "orders" ];
             message_id = "key"; poll_timeout = "20ms"; commit_interval = "50ms";
