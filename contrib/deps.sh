@@ -5,7 +5,8 @@
 #   core:    libconfig (config files), jansson (JSON), libmicrohttpd (admin API)
 #   plugins: libmicrohttpd (http), SQLite (sqlite), libcurl + OpenSSL (webhook,
 #            enrich), Qpid Proton-C (servicebus), librdkafka (kafka)
-#   tests:   Check (unit tests), curl and python3 (integration tests' clients
+#   tests:   Check (unit tests), RabbitMQ (a real AMQP 1.0 broker) and
+#            Proton's Python binding (a CBS responder), curl and python3 (integration tests' clients
 #            and receivers), wrk and nginx-light (benchmarks)
 set -eu
 export DEBIAN_FRONTEND=noninteractive
@@ -18,7 +19,7 @@ apt-get install -y -qq --no-install-recommends \
     ca-certificates git build-essential autoconf automake libtool pkg-config \
     libconfig-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev \
     libcurl4-openssl-dev libssl-dev libqpid-proton11-dev librdkafka-dev \
-    check curl python3 procps openssl groff-base man-db ${ORDERD_EXTRA_PACKAGES:-} >/dev/null
+    check curl python3 python3-qpid-proton rabbitmq-server procps openssl groff-base man-db ${ORDERD_EXTRA_PACKAGES:-} >/dev/null
 # Node.js runs test-side tools only (a Cosmos DB-compatible server and the
 # official Azure SDKs as independent checkers, tests/peers/); the machine
 # image may already have a newer one.

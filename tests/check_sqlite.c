@@ -174,6 +174,54 @@ START_TEST(test_store_appends_events)
 }
 END_TEST
 
+/* The stored event text is exactly the body's compact encoding (the store
+ * splices the already-encoded snapshot in when it is the last key), and
+ * the snapshot row is the snapshot's own encoding. */
+START_TEST(test_store_event_text_exact)
+{
+    static const char *const bodies[] = {
+        /* snapshot last, as the orders transform writes it */
+        "{\"id\":\"evt-t1\",\"type\":\"OrderCreated\",\"orderId\":\"ord-t1\",\"version\":1,"
+        "\"data\":{\"note\":\"a \\\"snapshot\\\": \\u00e9\",\"n\":[1,2.5,-0.1]},"
+        "\"snapshot\":{\"id\":\"ord-t1\",\"status\":\"created\",\"p\":19.99,\"q\":{}}}",
+        /* snapshot not last: encoded as a whole */
+        "{\"id\":\"evt-t2\",\"snapshot\":{\"id\":\"ord-t2\",\"status\":\"created\"},"
+        "\"type\":\"OrderCreated\",\"orderId\":\"ord-t2\",\"version\":1}",
+    };
+    struct th_stage *s = store_new("text.db", NULL);
+    sqlite3         *db;
+    char             sql[128], buf[1024];
+    size_t           i;
+
+    db = NULL;
+    for (i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        orderd_msg *m = th_msg(bodies[i]);
+        json_t     *b = th_host()->msg_body(m);
+        const char *ev = json_string_value(json_object_get(b, "id"));
+        char       *want_ev = json_dumps(b, JSON_COMPACT | JSON_REAL_PRECISION(15));
+        char       *want_snap = json_dumps(json_object_get(b, "snapshot"),
+                                           JSON_COMPACT | JSON_REAL_PRECISION(15));
+        char        oid[16];
+
+        snprintf(oid, sizeof(oid), "ord-t%zu", i + 1);
+        ck_assert_int_eq(th_host()->msg_set_id(m, ev), 0);
+        ck_assert_int_eq(th_host()->msg_set_prop(m, "order_id", oid), 0);
+        ck_assert_int_eq(th_process(s, m), ORDERD_OK);
+        if (db == NULL)
+            db = db_open("text.db");
+        snprintf(sql, sizeof(sql), "SELECT body FROM events WHERE id = '%s'", ev);
+        ck_assert_str_eq(db_text(db, sql, buf, sizeof(buf)), want_ev);
+        snprintf(sql, sizeof(sql), "SELECT body FROM snapshots WHERE id = '%s'", oid);
+        ck_assert_str_eq(db_text(db, sql, buf, sizeof(buf)), want_snap);
+        free(want_ev);
+        free(want_snap);
+        th_msg_free(m);
+    }
+    sqlite3_close(db);
+    th_stage_free(s);
+}
+END_TEST
+
 START_TEST(test_store_duplicate_is_noop)
 {
     struct th_stage *s = store_new("dup.db", NULL);
@@ -719,6 +767,7 @@ sqlite_suite(void)
 
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_store_appends_events);
+    tcase_add_test(tc, test_store_event_text_exact);
     tcase_add_test(tc, test_store_duplicate_is_noop);
     tcase_add_test(tc, test_store_older_version_keeps_snapshot);
     tcase_add_test(tc, test_store_rejects_bad_message_only);

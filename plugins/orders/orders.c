@@ -460,7 +460,10 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
     }
 
     ord_now(now);
-    data = body != NULL ? json_deep_copy(body) : json_object();
+    /* The event's "data" shares the command body instead of copying it: it
+     * is never modified (the snapshot field below gets its own copy), and
+     * the body it came from is replaced by the event in ord_emit(). */
+    data = body != NULL ? json_incref(body) : json_object();
     if (data == NULL) {
         out = h->retry(m, 0, "out of memory");
         goto done;

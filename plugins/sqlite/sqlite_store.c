@@ -203,6 +203,53 @@ sqs_lookup(void *state, const char *key, json_t **out)
     return ret;
 }
 
+#define SQS_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
+
+/* The event body as text, given its snapshot already encoded.  When
+ * "snapshot" is the body's last key (the orders transform puts it there)
+ * the snapshot text is spliced in instead of encoded a second time: it is
+ * the bulk of the event, and encoding it twice was a measurable share of
+ * the CPU per order.  The bytes are the same as json_dumps(body) gives,
+ * since encoding follows the object's key order.  RETURNS: malloc'd text,
+ * or NULL on ENOMEM. */
+static char *
+sqs_event_text(json_t *body, const char *snap_txt)
+{
+    static const char  key[] = ",\"snapshot\":";
+    void              *it, *last = NULL;
+    json_t            *rest;
+    char              *head, *out;
+    size_t             hlen, slen;
+
+    for (it = json_object_iter(body); it != NULL; it = json_object_iter_next(body, it))
+        last = it;
+    if (last == NULL || json_object_size(body) < 2
+        || strcmp(json_object_iter_key(last), "snapshot") != 0)
+        return json_dumps(body, SQS_JSON_FLAGS);
+
+    /* a shallow copy: the other members are shared, not copied */
+    rest = json_copy(body);
+    if (rest == NULL || json_object_del(rest, "snapshot") != 0) {
+        json_decref(rest);
+        return NULL;
+    }
+    head = json_dumps(rest, SQS_JSON_FLAGS);
+    json_decref(rest);
+    if (head == NULL)
+        return NULL;
+    hlen = strlen(head);    /* "{...}", at least one member */
+    slen = strlen(snap_txt);
+    out = malloc(hlen - 1 + sizeof(key) - 1 + slen + 2);
+    if (out != NULL) {
+        memcpy(out, head, hlen - 1);
+        memcpy(out + hlen - 1, key, sizeof(key) - 1);
+        memcpy(out + hlen - 1 + sizeof(key) - 1, snap_txt, slen);
+        memcpy(out + hlen - 1 + sizeof(key) - 1 + slen, "}", 2);
+    }
+    free(head);
+    return out;
+}
+
 /* Check one message against the contract and encode it.
  * RETURNS: 0, or an outcome already recorded on the message (REJECT). */
 static int
@@ -272,8 +319,8 @@ sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
                          (long long) rec->version);
 
     rec->status = sqs_str(snap, "status");
-    rec->event_txt = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
-    rec->snap_txt = json_dumps(snap, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    rec->snap_txt = json_dumps(snap, SQS_JSON_FLAGS);
+    rec->event_txt = rec->snap_txt != NULL ? sqs_event_text(body, rec->snap_txt) : NULL;
     if (rec->event_txt == NULL || rec->snap_txt == NULL)
         return h->reject(m, "sqlite: event %s cannot be encoded as JSON", rec->event_id);
     return 0;

@@ -53,6 +53,12 @@ int wh_sign(const char *secret, const char *body, size_t blen, char out[72]);
 
 /* ---- wh_queue.c ---- */
 
+/* Longest time a committed delivery offset stays unsynced.  Syncing it after
+ * every POST cost one fdatasync per event (with batch_max = 1) and capped
+ * delivery at the disk's sync rate; an unsynced offset lost to a power cut
+ * only makes those events go out again, which receivers dedupe by id. */
+#define WH_OFFSET_SYNC_MS 100
+
 /* One record as read back: "<enqueue_ms> <event json>\n" on disk. */
 struct wh_rec {
     int64_t     enq_ms;
@@ -66,11 +72,14 @@ struct wh_queue {
     int             offfd;       /* the offset file */
     char           *path;        /* <dir>/<name>.queue */
     char           *offpath;     /* <dir>/<name>.offset */
-    uint64_t        done;        /* delivered (or dead-lettered) up to here; durable */
+    uint64_t        done;        /* delivered (or dead-lettered) up to here; written,
+                                  * durable within WH_OFFSET_SYNC_MS (see wh_queue.c) */
     uint64_t        end;         /* durable end of the log */
     uint64_t        pending;     /* records between done and end */
     char           *buf;         /* reader's buffer */
     size_t          cap;
+    int             off_dirty;   /* offset written but not yet fdatasync()ed */
+    int64_t         off_sync_ms; /* when the offset file was last fdatasync()ed */
 };
 
 /* Open (creating) the queue of subscriber name in dir, recover the durable
@@ -85,10 +94,15 @@ int  wh_queue_append(struct wh_queue *q, const char *data, size_t len, size_t nr
  * Records point into q->buf until the next read.  RETURNS: count, or
  * negative errno. */
 int  wh_queue_read(struct wh_queue *q, uint64_t end, struct wh_rec *out, int max);
-/* Mark everything before off delivered, durably; truncates the log when it
- * is all delivered.  Caller holds the subscriber's lock.  RETURNS: 0 or
- * negative errno. */
+/* Mark everything before off delivered; truncates the log when it is all
+ * delivered.  The offset is written at once but fdatasync()ed at most every
+ * WH_OFFSET_SYNC_MS (always when the log is compacted): a power loss can only
+ * make the last deliveries go out again.  Caller holds the subscriber's
+ * lock.  RETURNS: 0 or negative errno. */
 int  wh_queue_commit(struct wh_queue *q, uint64_t off, size_t nrec);
+/* fdatasync() the offset file if a commit left it unsynced.  Caller holds
+ * the subscriber's lock.  RETURNS: 0 or negative errno. */
+int  wh_queue_sync_offset(struct wh_queue *q);
 
 /* ---- wh_deliver.c / webhook.c ---- */
 

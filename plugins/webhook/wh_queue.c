@@ -3,7 +3,10 @@
  * <name>.queue  append-only log, one record a line: "<enqueue_ms> <event json>\n"
  *               (compact JSON never holds a raw newline, so a line is a record).
  * <name>.offset the log offset up to which everything was delivered or
- *               dead-lettered: "%020llu\n", rewritten in place + fdatasync.
+ *               dead-lettered: "%020llu\n", rewritten in place after every
+ *               commit, fdatasync()ed at most WH_OFFSET_SYNC_MS later (at
+ *               once on compaction), so a power cut can at worst re-send
+ *               the last deliveries.
  *
  * A crash can leave a torn last line (no newline): open() cuts it, since it
  * was never acknowledged to the pipeline.  When the whole log is delivered
@@ -53,15 +56,33 @@ wh_write_all(int fd, const char *p, size_t len, off_t at)
     return 0;
 }
 
+int
+wh_queue_sync_offset(struct wh_queue *q)
+{
+    if (!q->off_dirty)
+        return 0;
+    if (fdatasync(q->offfd) != 0)
+        return -errno;
+    q->off_dirty = 0;
+    q->off_sync_ms = wh_now_ms();
+    return 0;
+}
+
+/* Write the offset; fdatasync it when force or when it was last synced
+ * WH_OFFSET_SYNC_MS ago.  It never stays dirty while the subscriber is idle:
+ * catching up with the log compacts it, which forces the sync. */
 static int
-wh_offset_store(struct wh_queue *q, uint64_t off)
+wh_offset_store(struct wh_queue *q, uint64_t off, int force)
 {
     char line[32];
     int n = snprintf(line, sizeof(line), "%020llu\n", (unsigned long long) off);
     int rc = wh_write_all(q->offfd, line, (size_t) n, 0);
 
-    if (rc == 0 && fdatasync(q->offfd) != 0)
-        rc = -errno;
+    if (rc < 0)
+        return rc;
+    q->off_dirty = 1;
+    if (force || wh_now_ms() - q->off_sync_ms >= WH_OFFSET_SYNC_MS)
+        rc = wh_queue_sync_offset(q);
     return rc;
 }
 
@@ -194,6 +215,9 @@ fail:
 void
 wh_queue_close(struct wh_queue *q)
 {
+    if (q->offfd >= 0 && wh_queue_sync_offset(q) != 0) {
+        /* Only costs re-sending the last deliveries after a power cut. */
+    }
     if (q->fd >= 0)
         close(q->fd);
     if (q->offfd >= 0)
@@ -274,17 +298,19 @@ wh_queue_read(struct wh_queue *q, uint64_t end, struct wh_rec *out, int max)
 int
 wh_queue_commit(struct wh_queue *q, uint64_t off, size_t nrec)
 {
-    int rc;
+    int force = 0;
 
     q->done = off;
     q->pending = q->pending >= nrec ? q->pending - nrec : 0;
     if (q->done == q->end) {
-        /* Compaction: everything delivered, so the log can start over. */
+        /* Compaction: everything delivered, so the log can start over.  The
+         * zero offset is synced at once: a stale offset left beyond the
+         * regrown log's end would read as "all delivered" after a crash. */
         if (ftruncate(q->fd, 0) != 0 || fdatasync(q->fd) != 0)
             return -errno;
         q->done = q->end = 0;
         q->pending = 0;
+        force = 1;
     }
-    rc = wh_offset_store(q, q->done);
-    return rc;
+    return wh_offset_store(q, q->done, force);
 }

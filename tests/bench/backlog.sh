@@ -15,7 +15,7 @@
 # Needs wrk, nginx, python3 and the testkit plugin (make -C tests check
 # builds tests/.libs/testkit.so; or make -C tests testkit.la).
 # Knobs (defaults): N [1000000]  CONNS [64]  WRK_THREADS [2]  FILL_LIMIT [600] s
-#   DRAIN_LIMIT [300] s  HTTP_THREADS [8]  FILL_SYNC [false] (spool sync while
+#   DRAIN_LIMIT [300] s  HTTP_THREADS [64]  FILL_SYNC [false] (spool sync while
 #   filling: memory does not depend on it, fill time does)  WORKERS [2]
 #   BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
 set -u
@@ -23,7 +23,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 BUILD=$(cd "${1:-${BUILD:-$HERE/../../build/werror}}" 2>/dev/null && pwd) ||
     { echo "backlog.sh: no build directory (${1:-${BUILD:-$HERE/../../build/werror}})" >&2; exit 2; }
 N=${N:-1000000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} FILL_LIMIT=${FILL_LIMIT:-600}
-DRAIN_LIMIT=${DRAIN_LIMIT:-300} HTTP_THREADS=${HTTP_THREADS:-8} FILL_SYNC=${FILL_SYNC:-false}
+DRAIN_LIMIT=${DRAIN_LIMIT:-300} HTTP_THREADS=${HTTP_THREADS:-64} FILL_SYNC=${FILL_SYNC:-false}
 WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
 PY=/usr/bin/python3
 U="$PY $HERE/benchutil.py"

@@ -12,14 +12,14 @@
 # AND the webhook receiver (nginx answering 204) has acknowledged M events
 # (orderd's webhook_delivered counter).  Needs wrk, nginx, python3.
 # Knobs (defaults): N [50000]  CONNS [64]  WRK_THREADS [2]  LIMIT [300] s
-#   HTTP_THREADS [8]  WORKERS [2]  BATCH [256]  QUEUE [4096]
+#   HTTP_THREADS [64]  WORKERS [2]  BATCH [256]  QUEUE [4096]
 #   SQLITE_SYNC [full]  SYNC [true] (spool)  PROJECTIONS [1]
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUILD=$(cd "${1:-${BUILD:-$HERE/../../build/werror}}" 2>/dev/null && pwd) ||
     { echo "e2e.sh: no build directory (${1:-${BUILD:-$HERE/../../build/werror}})" >&2; exit 2; }
 N=${N:-50000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} LIMIT=${LIMIT:-300}
-HTTP_THREADS=${HTTP_THREADS:-8} WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096}
+HTTP_THREADS=${HTTP_THREADS:-64} WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096}
 SQLITE_SYNC=${SQLITE_SYNC:-full} SYNC=${SYNC:-true} PROJECTIONS=${PROJECTIONS:-1}
 PY=/usr/bin/python3
 U="$PY $HERE/benchutil.py"

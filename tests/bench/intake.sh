@@ -12,7 +12,7 @@
 #                       (validate, orders, sqlite, webhook to a local nginx 204)
 #                       processing while intake is measured;
 #                       intake: http -> durable spool only (no stages after)
-#   HTTP_THREADS [8]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
+#   HTTP_THREADS [64]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
 #   WORKERS [2]  BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
 #   PERF=1  record `perf record -g` of orderd during the run into $PERF_OUT
 #           [./intake.perf.data]
@@ -25,7 +25,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 BUILD=$(cd "${1:-${BUILD:-$HERE/../../build/werror}}" 2>/dev/null && pwd) ||
     { echo "intake.sh: no build directory (${1:-${BUILD:-$HERE/../../build/werror}})" >&2; exit 2; }
 DURATION=${DURATION:-15s} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} WARMUP=${WARMUP:-3s}
-PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-8} SYNC=${SYNC:-true}
+PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-64} SYNC=${SYNC:-true}
 WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
 PY=/usr/bin/python3
 U="$PY $HERE/benchutil.py"

@@ -12,6 +12,7 @@
 #   RMQ_KEEP_STATE  1: keep the queues and their messages from the last run
 #   RMQ_DELIVERY_LIMIT  x-delivery-limit of quorum queue qq (default 3)
 #   RMQ_QUEUES      extra classic queues to declare
+#   RMQ_QUORUM_QUEUES  extra quorum queues, configured as qq
 # Declared on start: classic q1, q2, dlq; quorum qq (x-delivery-limit,
 # dead-lettering to dlq).  AMQP 1.0 address of a queue: /amq/queue/<name>.
 # Everything listens on 127.0.0.1 only; processes are stopped by PID.
@@ -93,24 +94,24 @@ start() {
         die "node did not come up within 60 s"
     fi
     if [ "${RMQ_KEEP_STATE:-0}" != 1 ]; then
-        declare_queues q1 q2 dlq ${RMQ_QUEUES:-} \
-            "qq|[{<<\"x-queue-type\">>, longstr, <<\"quorum\">>}, {<<\"x-delivery-limit\">>, long, $LIMIT}, {<<\"x-dead-letter-exchange\">>, longstr, <<\"\">>}, {<<\"x-dead-letter-routing-key\">>, longstr, <<\"dlq\">>}]" ||
-            { stop_all; die "declaring the queues failed"; }
+        QARGS="[{<<\"x-queue-type\">>, longstr, <<\"quorum\">>}, {<<\"x-delivery-limit\">>, long, $LIMIT}, {<<\"x-dead-letter-exchange\">>, longstr, <<\"\">>}, {<<\"x-dead-letter-routing-key\">>, longstr, <<\"dlq\">>}]"
+        set -- q1 q2 dlq ${RMQ_QUEUES:-} "qq|$QARGS"
+        for q in ${RMQ_QUORUM_QUEUES:-}; do set -- "$@" "$q|$QARGS"; done
+        declare_queues "$@" || { stop_all; die "declaring the queues failed"; }
     fi
 }
 
-stop_pid() {  # pid: TERM, then KILL after 10 s
+stop_pid() {  # pid [grace_s]: TERM, then KILL after the grace period (10 s)
     local pid=$1 i
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    for i in $(seq $(( ${2:-10} * 10 ))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null
 }
 
+# SIGTERM makes the node shut down cleanly (queues and messages are kept),
+# and at once: rabbitmqctl would first spend seconds starting a VM.
 stop() {
-    if alive "$RMQ_DIR/rabbitmq.pid"; then
-        timeout 30 $CTL -q shutdown > /dev/null 2>&1
-        alive "$RMQ_DIR/rabbitmq.pid" && stop_pid "$(cat "$RMQ_DIR/rabbitmq.pid")"
-    fi
+    alive "$RMQ_DIR/rabbitmq.pid" && stop_pid "$(cat "$RMQ_DIR/rabbitmq.pid")" 30
     rm -f "$RMQ_DIR/rabbitmq.pid"
 }
 
