@@ -7,8 +7,8 @@
 #   run 2: cosmos change feed input -> file publish: every stored document comes out once.
 . "$(dirname "$0")/lib.sh"
 
-command -v node >/dev/null || { echo "SKIP: node not found"; exit 77; }
-NM="$("$TESTS_SRCDIR/peers/setup.sh")/node_modules" || { echo "SKIP: npm tools unavailable"; exit 77; }
+command -v node >/dev/null || { echo "FAIL: node not found (contrib/deps.sh installs it)"; exit 1; }
+NM="$("$TESTS_SRCDIR/peers/setup.sh")/node_modules" || { echo "FAIL: tests/peers/setup.sh could not install the npm tools"; exit 1; }
 export NODE_PATH="$NM"
 KEY='C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=='
 

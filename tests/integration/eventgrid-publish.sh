@@ -7,7 +7,7 @@
 # once, with the order id as event id.
 . "$(dirname "$0")/lib.sh"
 
-command -v node >/dev/null || { echo "node not found"; exit 77; }
+command -v node >/dev/null || { echo "FAIL: node not found (contrib/deps.sh installs it)"; exit 1; }
 NODE_MODULES="$("$TESTS_SRCDIR/peers/setup.sh")/node_modules" || { fail "tests/peers/setup.sh"; finish; }
 KEY=ZXZlbnRncmlkLXBlZXItdGVzdC1rZXktMDEyMzQ1Njc4OQ==
 

@@ -17,7 +17,7 @@
 #      the connection dropped cannot be sent, so those are redelivered).
 . "$(dirname "$0")/lib.sh"
 
-[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { echo "SKIP: rabbitmq-server not installed"; exit 77; }
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { echo "FAIL: rabbitmq-server not installed (contrib/deps.sh installs it)"; exit 1; }
 RMQ="$TESTS_SRCDIR/peers/rabbitmq.sh"
 export RMQ_DIR="$T/rmq"
 # four consecutive free ports below the ephemeral range (and away from
