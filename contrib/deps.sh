@@ -21,8 +21,19 @@ apt-get install -y -qq --no-install-recommends \
     libcurl4-openssl-dev libssl-dev libqpid-proton11-dev librdkafka-dev \
     check curl python3 python3-qpid-proton rabbitmq-server procps openssl groff-base man-db ${ORDERD_EXTRA_PACKAGES:-} >/dev/null
 # Node.js runs test-side tools only (a Cosmos DB-compatible server and the
-# official Azure SDKs as independent checkers, tests/peers/); the machine
-# image may already have a newer one.
+# official Azure SDKs as independent checkers, tests/peers/).  @azure/cosmos
+# needs Node >= 20 and Debian 12 ships 18: then the registry's node@20
+# package (a prebuilt binary inside an npm package) goes to /usr/local/bin.
 if ! command -v npm >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+node_major=$(node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+    npm install -g --no-audit --no-fund --loglevel=error node@20 >/dev/null
+    hash -r
+fi
+# RabbitMQ's Erlang resolves "localhost" itself: minimal images and chroots
+# without /etc/hosts need the entry every installed system has.
+if ! grep -qs '^127\.0\.0\.1[[:space:]].*localhost' /etc/hosts; then
+    echo '127.0.0.1 localhost' >> /etc/hosts
 fi
