@@ -10,7 +10,6 @@ PIDS=()
 FAILS=0
 
 cleanup() {
-    [ -n "${KEEP:-}" ] && return
     for pid in "${PIDS[@]:-}"; do
         [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
     done
@@ -19,7 +18,7 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null
     done
-    rm -rf "$T"
+    if [ -n "${KEEP:-}" ]; then echo "KEEP: left $T" >&2; else rm -rf "$T"; fi
 }
 trap cleanup EXIT
 
