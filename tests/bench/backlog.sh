@@ -18,49 +18,15 @@
 #   DRAIN_LIMIT [300] s  HTTP_THREADS [64]  FILL_SYNC [false] (spool sync while
 #   filling: memory does not depend on it, fill time does)  WORKERS [2]
 #   BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
-set -u
-HERE=$(cd "$(dirname "$0")" && pwd)
-BUILD=$(cd "${1:-${BUILD:-$HERE/../../build/werror}}" 2>/dev/null && pwd) ||
-    { echo "backlog.sh: no build directory (${1:-${BUILD:-$HERE/../../build/werror}})" >&2; exit 2; }
+NAME=backlog.sh
+. "$(dirname "$0")/benchlib.sh"
 N=${N:-1000000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} FILL_LIMIT=${FILL_LIMIT:-600}
 DRAIN_LIMIT=${DRAIN_LIMIT:-300} HTTP_THREADS=${HTTP_THREADS:-64} FILL_SYNC=${FILL_SYNC:-false}
 WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
-PY=/usr/bin/python3
-U="$PY $HERE/benchutil.py"
-
-for tool in wrk nginx "$PY"; do
-    command -v "$tool" >/dev/null || { echo "backlog.sh: $tool not found (apt-get install wrk nginx-light python3)" >&2; exit 2; }
-done
-ORDERD=$BUILD/core/orderd
-[ -x "$ORDERD" ] || { echo "backlog.sh: $ORDERD not built" >&2; exit 2; }
 [ -f "$BUILD/tests/.libs/testkit.so" ] ||
     { echo "backlog.sh: $BUILD/tests/.libs/testkit.so missing (make -C $BUILD/tests testkit.la)" >&2; exit 2; }
-PLUGINS=$BUILD/plugins/http/.libs:$BUILD/plugins/validate/.libs:$BUILD/plugins/orders/.libs
-PLUGINS=$PLUGINS:$BUILD/plugins/sqlite/.libs:$BUILD/plugins/webhook/.libs:$BUILD/plugins/file/.libs
 PLUGINS=$PLUGINS:$BUILD/tests/.libs
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/orderd-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] || continue
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_port() {
-    for _ in $(seq 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 kib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 status_kib() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
 stop_pid() {   # SIGTERM, wait up to 30 s, then SIGKILL
@@ -95,7 +61,7 @@ http {
 EOF
 nginx -p "$T/nginx" -c "$T/nginx/nginx.conf" -e "$T/nginx/error.log" 2>>"$T/nginx/error.log" &
 PIDS+=($!)
-wait_port "$HOOK_PORT" || { echo "nginx did not start:" >&2; cat "$T/nginx/error.log" >&2; exit 1; }
+wait_port "$HOOK_PORT" 30 || { echo "nginx did not start:" >&2; cat "$T/nginx/error.log" >&2; exit 1; }
 
 write_conf() {   # write_conf FILE SYNC STAGES
     cat > "$1" <<EOF
@@ -131,7 +97,7 @@ echo
 "$ORDERD" -c "$T/fill.conf" -P "$PLUGINS" > "$T/fill.out" 2> "$T/fill.log" &
 OD_PID=$!
 PIDS+=("$OD_PID")
-wait_port "$OD_PORT" && wait_port "$ADMIN_PORT" || { echo "orderd did not start:" >&2; cat "$T/fill.log" >&2; exit 1; }
+wait_port "$OD_PORT" 30 && wait_port "$ADMIN_PORT" 30 || { echo "orderd did not start:" >&2; cat "$T/fill.log" >&2; exit 1; }
 echo "idle: VmRSS $(kib "$(status_kib "$OD_PID" VmRSS)")"
 wrk -t "$WRK_THREADS" -c "$CONNS" -d "${FILL_LIMIT}s" --latency -s "$HERE/post.lua" \
     "http://127.0.0.1:$OD_PORT/orders" -- "bl$$" > "$T/wrk.out" 2>&1 &

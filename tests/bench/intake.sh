@@ -20,46 +20,11 @@
 # moves far less than requests/s.
 # Everything listens on 127.0.0.1; the temporary directory (state, logs) is on
 # $TMPDIR (default /tmp): put it on the disk you mean, tmpfs makes fsync free.
-set -u
-HERE=$(cd "$(dirname "$0")" && pwd)
-BUILD=$(cd "${1:-${BUILD:-$HERE/../../build/werror}}" 2>/dev/null && pwd) ||
-    { echo "intake.sh: no build directory (${1:-${BUILD:-$HERE/../../build/werror}})" >&2; exit 2; }
+NAME=intake.sh
+. "$(dirname "$0")/benchlib.sh"
 DURATION=${DURATION:-15s} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} WARMUP=${WARMUP:-3s}
 PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-64} SYNC=${SYNC:-true}
 WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
-PY=/usr/bin/python3
-U="$PY $HERE/benchutil.py"
-
-for tool in wrk nginx "$PY"; do
-    command -v "$tool" >/dev/null || { echo "intake.sh: $tool not found (apt-get install wrk nginx-light python3)" >&2; exit 2; }
-done
-ORDERD=$BUILD/core/orderd
-[ -x "$ORDERD" ] || { echo "intake.sh: $ORDERD not built" >&2; exit 2; }
-PLUGINS=$BUILD/plugins/http/.libs:$BUILD/plugins/validate/.libs:$BUILD/plugins/orders/.libs
-PLUGINS=$PLUGINS:$BUILD/plugins/sqlite/.libs:$BUILD/plugins/webhook/.libs:$BUILD/plugins/file/.libs
-
-T=$(mktemp -d "${TMPDIR:-/tmp}/orderd-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] || continue
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_port() {   # wait_port PORT : up to 10 s
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 NGX_PORT=$($U free-port) HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
 
