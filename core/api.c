@@ -67,7 +67,7 @@ static char *query_str(const char *query, const char *key)
             if (out == NULL)
                 return NULL;
             for (size_t i = 0; i < n; i++) {   /* percent-decoding */
-                if (v[i] == '%' && i + 2 < n + 1 && v[i + 1] && v[i + 2]) {
+                if (v[i] == '%' && i + 2 < n) {
                     char hex[3] = { v[i + 1], v[i + 2], 0 };
                     *o++ = (char)strtol(hex, NULL, 16);
                     i += 2;
