@@ -104,6 +104,7 @@ static void table_init(void)
     table.vlog = host_vlog;
     table.has_feature = host_has_feature;
     table.submit = od_pipe_submit;
+    table.submit_async = od_pipe_submit_async;
     table.settle = od_pipe_settle;
     table.dead_letter = host_dead_letter;
     table.lookup = od_pipe_lookup;

@@ -42,6 +42,9 @@ struct orderd_msg {
     struct orderd_msg *next;         /* ready-queue link */
     struct orderd_msg *all_prev;     /* every message in flight, so shutdown */
     struct orderd_msg *all_next;     /* can find the ones a plugin still holds */
+    /* submit_async with ORDERD_SUBMIT_OUTCOME, no spool: who hears the end */
+    orderd_submit_done done;
+    void            *done_arg;
 };
 
 /* The full table plugins get (host.c), and where host->state_dir() points. */

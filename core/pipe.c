@@ -35,6 +35,19 @@
  * Keys are hashed; a collision only serializes two keys, never reorders. */
 #define OD_KEY_BUCKETS 4096
 
+/* submit_async(ORDERD_SUBMIT_OUTCOME) into a spooled pipeline: the message
+ * is rebuilt from its record by the spool reader, so whoever waits for its
+ * outcome is filed by spool seq until finish() finds it. */
+#define OD_WAIT_BUCKETS 1024
+
+struct od_waiter {
+    struct od_pipe      *p;
+    orderd_submit_done   done;
+    void                *arg;
+    uint64_t             seq;
+    struct od_waiter    *next;        /* bucket chain */
+};
+
 struct od_keyslot {
     uint64_t            hash;
     orderd_msg         *head, *tail;     /* waiting for the key's turn */
@@ -70,6 +83,10 @@ struct od_pipe {
     struct od_spool     *spool;
     pthread_t            spool_reader;
     int                  spool_reader_running;
+
+    pthread_mutex_t      wmu;          /* waiters by seq; never held while calling out */
+    struct od_waiter    *waiters[OD_WAIT_BUCKETS];
+    size_t               nwaiters;
 
     struct od_gauge_fn  *g_queue, *g_inflight, *g_spool_bytes, *g_spool_records;
     char                 labels[160];
@@ -217,9 +234,46 @@ static const char *inst_name(const struct orderd_inst *i)
     return i->sc->name;
 }
 
+/* Remove and return the waiter filed under seq, or NULL. */
+static struct od_waiter *waiter_take(struct od_pipe *p, uint64_t seq)
+{
+    struct od_waiter **w, *found = NULL;
+
+    pthread_mutex_lock(&p->wmu);
+    for (w = &p->waiters[seq % OD_WAIT_BUCKETS]; p->nwaiters > 0 && *w; w = &(*w)->next) {
+        if ((*w)->seq == seq) {
+            found = *w;
+            *w = found->next;
+            __atomic_sub_fetch(&p->nwaiters, 1, __ATOMIC_RELAXED);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&p->wmu);
+    return found;
+}
+
+/* Tell a submit_async(ORDERD_SUBMIT_OUTCOME) caller how m ended, once. */
+static void notify(struct od_pipe *p, orderd_msg *m, orderd_outcome o, const char *reason)
+{
+    orderd_result res = { .outcome = o, .reason = reason };
+
+    orderd_submit_done done = __atomic_exchange_n(&m->done, NULL, __ATOMIC_ACQ_REL);
+
+    if (done != NULL) {
+        done(m->done_arg, 0, &res);
+    } else if (m->has_spool && __atomic_load_n(&p->nwaiters, __ATOMIC_RELAXED) > 0) {
+        struct od_waiter *w = waiter_take(p, m->spool_seq);
+        if (w != NULL) {
+            w->done(w->arg, 0, &res);
+            free(w);
+        }
+    }
+}
+
 /* The pipeline is done with m: tell its source, free it, make room. */
 static void finish(struct od_pipe *p, orderd_msg *m, orderd_outcome o, const char *reason)
 {
+    notify(p, m, o, o == ORDERD_RETRY && reason == NULL ? "given back to its source" : reason);
     if (m->has_spool) {
         if (o == ORDERD_RETRY)
             od_spool_requeue(p->spool, m->spool_seq);
@@ -271,6 +325,7 @@ static void dead_letter(struct od_pipe *p, orderd_msg *m, const char *stage, con
         return;
     }
     od_logf(ORDERD_LOG_WARN, p->pc->name, stage, NULL, "message %s dead-lettered: %s", m->id, reason);
+    notify(p, m, ORDERD_REJECT, reason);
     snprintf(labels, sizeof(labels), "pipeline=\"%s\"", p->pc->name);
     od_metrics_counter_add("orderd_dead_letters_total", "Messages written to the dead-letter area",
                            labels, 1);
@@ -651,6 +706,16 @@ static int admit_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int 
     return 0;
 }
 
+/* m as a spool record (JSON text), or NULL without memory. */
+static char *msg_record(orderd_msg *m)
+{
+    json_t *j = od_msg_to_json(m);
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+
+    json_decref(j);
+    return text;
+}
+
 /* host->submit() */
 int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
 {
@@ -661,7 +726,6 @@ int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
         return -EINVAL;
     m->origin = &p->input;
     if (p->spool) {
-        json_t *j;
         char *text;
         uint64_t seq;
 
@@ -669,9 +733,7 @@ int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
             od_msg_free(m);
             return -ESHUTDOWN;
         }
-        j = od_msg_to_json(m);
-        text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
-        json_decref(j);
+        text = msg_record(m);
         od_msg_free(m);
         if (text == NULL)
             return -ENOMEM;
@@ -691,6 +753,106 @@ int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
     else
         atomic_fetch_add_explicit(&inst->metrics.ok, 1, memory_order_relaxed);
     return rc;
+}
+
+static const orderd_result od_accepted = { .outcome = ORDERD_OK };
+
+/* The spool wrote (or failed to write) an async submit's record. */
+static void spooled(void *arg, int rc, uint64_t seq)
+{
+    struct od_waiter *w = arg;
+
+    (void)seq;
+    w->done(w->arg, rc, &od_accepted);
+    free(w);
+}
+
+/* Same, for a caller who waits for the outcome: it is filed by seq, and
+ * finish() may already have answered it and freed w, unless the write
+ * failed (then the record never became visible). */
+static void spooled_outcome(void *arg, int rc, uint64_t seq)
+{
+    struct od_waiter *w;
+
+    if (rc == 0)
+        return;     /* arg may be gone: do not touch it */
+    w = waiter_take(((struct od_waiter *)arg)->p, seq);
+    if (w != NULL) {
+        w->done(w->arg, rc, &od_accepted);
+        free(w);
+    }
+}
+
+/* host->submit_async() */
+int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags,
+                         orderd_submit_done done, void *arg)
+{
+    struct od_pipe *p = inst->pipe;
+    int outcome = (flags & ORDERD_SUBMIT_OUTCOME) != 0;
+    int rc;
+
+    if (m == NULL)
+        return -EINVAL;
+    if (done == NULL) {
+        od_msg_free(m);
+        return -EINVAL;
+    }
+    m->origin = &p->input;
+    atomic_fetch_add_explicit(&inst->metrics.in, 1, memory_order_relaxed);
+    if (p->spool) {
+        struct od_waiter *w;
+        char *text;
+
+        if (!p->accepting) {
+            od_msg_free(m);
+            return -ESHUTDOWN;
+        }
+        text = msg_record(m);
+        od_msg_free(m);
+        w = text ? malloc(sizeof(*w)) : NULL;
+        if (w == NULL) {
+            free(text);
+            return -ENOMEM;
+        }
+        *w = (struct od_waiter){ .p = p, .done = done, .arg = arg };
+        if (!outcome) {
+            rc = od_spool_append_async(p->spool, text, strlen(text), spooled, w, &w->seq);
+        } else {
+            /* Filed before the reader can see the record: finish() takes
+             * wmu too, so it cannot look before w is in the table. */
+            pthread_mutex_lock(&p->wmu);
+            rc = od_spool_append_async(p->spool, text, strlen(text), spooled_outcome, w, &w->seq);
+            if (rc == 0) {
+                struct od_waiter **b = &p->waiters[w->seq % OD_WAIT_BUCKETS];
+                w->next = *b;
+                *b = w;
+                __atomic_add_fetch(&p->nwaiters, 1, __ATOMIC_RELAXED);
+            }
+            pthread_mutex_unlock(&p->wmu);
+        }
+        if (rc < 0) {
+            free(w);
+            return rc;
+        }
+        atomic_fetch_add_explicit(&inst->metrics.ok, 1, memory_order_relaxed);
+        return 0;
+    }
+    if (outcome) {
+        m->done = done;
+        m->done_arg = arg;
+    }
+    pthread_mutex_lock(&p->mu);
+    rc = admit_locked(p, m, (flags & ORDERD_SUBMIT_NOWAIT) != 0, &p->accepting);
+    pthread_mutex_unlock(&p->mu);
+    if (rc < 0) {
+        od_msg_free(m);
+        return rc;
+    }
+    /* m may be finished and freed by now: only its caller's data is used. */
+    atomic_fetch_add_explicit(&inst->metrics.ok, 1, memory_order_relaxed);
+    if (!outcome)
+        done(arg, 0, &od_accepted);
+    return 0;
 }
 
 /* The spool's reader: records become messages in flight, oldest first. */
@@ -823,6 +985,7 @@ int od_pipe_create(const struct od_pipeline_conf *pc, const char *state_dir, str
     p->pc = pc;
     p->state_dir = strdup(state_dir);
     pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->wmu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&p->work, &ca);
@@ -982,6 +1145,25 @@ void od_pipe_destroy(struct od_pipe *p)
         od_pipe_stop_input(p);
         od_pipe_drain(p, 0);
     }
+    /* Whoever still waits for an outcome hears now, while the input exists.
+     * Under mu: a plugin may still settle (and finish) one of these. */
+    pthread_mutex_lock(&p->mu);
+    for (m = p->all; m != NULL; m = m->all_next)
+        notify(p, m, ORDERD_RETRY, m->has_spool ? "the pipeline stopped first; it stays in the spool"
+                                                : "the pipeline stopped first");
+    pthread_mutex_unlock(&p->mu);
+    for (size_t b = 0; b < OD_WAIT_BUCKETS; b++) {
+        struct od_waiter *w, *next;
+        for (w = p->waiters[b]; w != NULL; w = next) {
+            orderd_result res = { .outcome = ORDERD_RETRY,
+                                  .reason = "the pipeline stopped first; it stays in the spool" };
+            next = w->next;
+            w->done(w->arg, 0, &res);
+            free(w);
+        }
+        p->waiters[b] = NULL;
+    }
+    p->nwaiters = 0;
     /* Input first (it may still ack), then the stages; after this no plugin
      * holds a message, so what is left in flight can be freed.  Unacked
      * messages are redelivered by their source (offset, spool, broker). */
@@ -1009,6 +1191,7 @@ void od_pipe_destroy(struct od_pipe *p)
     free(p->workers);
     free(p->state_dir);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->wmu);
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->space);
     pthread_cond_destroy(&p->idle);

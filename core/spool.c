@@ -35,6 +35,13 @@
  * So N concurrent appends cost about one fsync.  Records are indexed
  * (visible to od_spool_next) only once durable.
  *
+ * Asynchronous appends (od_spool_append_async) queue the same way but never
+ * lead and never wait: the spool's writer thread leads a group whose head
+ * is asynchronous, and whoever leads a group calls the completion callbacks
+ * of its asynchronous requests after dropping the lock.  So an event-driven
+ * caller (the HTTP input) keeps thousands of appends in one group without a
+ * thread per append.
+ *
  * MEMORY.  Payloads stay on disk.  Each segment keeps, per seq, its
  * {offset, length} (8 bytes) and a state byte (ready / handed out / done):
  * 9 bytes per record.  od_spool_next preads the record and verifies both
@@ -124,6 +131,9 @@ struct spool_req {
     bool              done;
     pthread_cond_t    cv;       /* its owner waits here: done, or now at the head to lead */
     unsigned char     hdr[SPOOL_HDR];
+    /* asynchronous requests: malloc'd with their data, freed after cb */
+    od_spool_done_fn  cb;       /* NULL: a synchronous request (on its owner's stack) */
+    void             *cb_arg;
 };
 
 struct od_spool {
@@ -152,6 +162,11 @@ struct od_spool {
 
     struct spool_req  *qhead;
     struct spool_req  *qtail;
+    pthread_cond_t     writer_cv;   /* the writer thread: an async request heads the queue */
+    pthread_cond_t     idle_cv;     /* shutdown: the queue is empty and nobody writes */
+    pthread_t          writer;
+    bool               writer_running;
+    bool               closing;
     bool               leader;
     bool               writing;
     bool               roll_next;
@@ -584,8 +599,20 @@ static int spool_write_batch(int fd, struct spool_req *r, uint64_t off)
     return 0;
 }
 
+/* Hand the lead to the owner of the request at the head of the queue, or to
+ * the writer thread when that request is asynchronous.  Lock held. */
+static void spool_wake_next(struct od_spool *s)
+{
+    if (s->qhead == NULL)
+        pthread_cond_broadcast(&s->idle_cv);
+    else if (s->qhead->cb != NULL)
+        pthread_cond_signal(&s->writer_cv);
+    else
+        pthread_cond_signal(&s->qhead->cv);
+}
+
 /* Write one group from the queue.  Called with the lock held and the queue
- * non-empty; drops the lock for the I/O. */
+ * non-empty; drops the lock for the I/O (and for asynchronous callbacks). */
 static void spool_lead(struct od_spool *s)
 {
     struct spool_req *batch = s->qhead, *last = batch, *r, *next;
@@ -656,25 +683,102 @@ static void spool_lead(struct od_spool *s)
         s->roll_next = true;
     }
     s->reserved -= bytes;
+    struct spool_req *async = NULL, **atail = &async;
     for (r = batch; r != NULL; r = next) {
         next = r->next;     /* r may be gone once its owner sees done */
         r->rc = rc;
         r->done = true;
+        if (r->cb != NULL) {
+            r->next = NULL;
+            *atail = r;
+            atail = &r->next;
+            continue;
+        }
         /* Under the lock: the owner cannot see done (and destroy cv)
          * before we let go of it. */
         pthread_cond_signal(&r->cv);
     }
     s->leader = false;
-    if (s->qhead != NULL)
-        pthread_cond_signal(&s->qhead->cv);     /* next leader */
+    spool_wake_next(s);
+    if (async != NULL) {
+        pthread_mutex_unlock(&s->mu);
+        for (r = async; r != NULL; r = next) {
+            next = r->next;
+            r->cb(r->cb_arg, r->rc, r->seq);
+            free((void *)(uintptr_t)r->data);
+            free(r);
+        }
+        pthread_mutex_lock(&s->mu);
+    }
+}
+
+/* Checks, a seq and a place in the queue for r (data, len, crc set).  Lock held.
+ * RETURNS: 0, -ESHUTDOWN, -EIO (broken), -ENOSPC. */
+static int spool_enqueue(struct od_spool *s, struct spool_req *r, uint32_t dcrc)
+{
+    if (s->shutdown)
+        return -ESHUTDOWN;
+    if (s->broken)
+        return s->broken;
+    if (s->max_bytes != 0) {
+        uint64_t used = s->bytes + s->reserved;
+        struct spool_seg *act = spool_active(s);
+        /* A fully completed active segment is reclaimed by the next write
+         * (spool_lead rolls past it), unless a write into it is under way. */
+        if (!s->writing && act->live == 0)
+            used -= act->size;
+        if (used + SPOOL_HDR + r->len > s->max_bytes)
+            return -ENOSPC;
+    }
+    r->seq = s->next_seq++;
+    spool_hdr_build(r->hdr, r->seq, (uint32_t)r->len, dcrc);
+    s->reserved += SPOOL_HDR + r->len;
+    if (s->qtail != NULL)
+        s->qtail->next = r;
+    else
+        s->qhead = r;
+    s->qtail = r;
+    return 0;
+}
+
+int od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
+                          void *arg, uint64_t *seq)
+{
+    struct spool_req *r;
+    uint32_t dcrc;
+    int rc;
+
+    if (len > SPOOL_MAX_RECORD) {
+        free(data);
+        return -EMSGSIZE;
+    }
+    r = malloc(sizeof(*r));
+    if (r == NULL) {
+        free(data);
+        return -ENOMEM;
+    }
+    *r = (struct spool_req){ .data = data, .len = len, .cb = cb, .cb_arg = arg };
+    dcrc = spool_crc32c(data, len);
+
+    pthread_mutex_lock(&s->mu);
+    rc = spool_enqueue(s, r, dcrc);
+    if (rc == 0) {
+        *seq = r->seq;
+        if (!s->leader && s->qhead == r)
+            pthread_cond_signal(&s->writer_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc < 0) {
+        free(data);
+        free(r);
+    }
+    return rc;
 }
 
 int od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *seq)
 {
     struct spool_req req = { .data = data, .len = len, .cv = PTHREAD_COND_INITIALIZER };
     uint32_t dcrc;
-    uint64_t used;
-    struct spool_seg *act;
     int rc;
 
     if (len > SPOOL_MAX_RECORD)
@@ -682,34 +786,9 @@ int od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *
     dcrc = spool_crc32c(data, len);
 
     pthread_mutex_lock(&s->mu);
-    if (s->shutdown) {
-        rc = -ESHUTDOWN;
+    rc = spool_enqueue(s, &req, dcrc);
+    if (rc < 0)
         goto out;
-    }
-    if (s->broken) {
-        rc = s->broken;
-        goto out;
-    }
-    if (s->max_bytes != 0) {
-        used = s->bytes + s->reserved;
-        act = spool_active(s);
-        /* A fully completed active segment is reclaimed by the next write
-         * (spool_lead rolls past it), unless a write into it is under way. */
-        if (!s->writing && act->live == 0)
-            used -= act->size;
-        if (used + SPOOL_HDR + len > s->max_bytes) {
-            rc = -ENOSPC;
-            goto out;
-        }
-    }
-    req.seq = s->next_seq++;
-    spool_hdr_build(req.hdr, req.seq, (uint32_t)len, dcrc);
-    s->reserved += SPOOL_HDR + len;
-    if (s->qtail != NULL)
-        s->qtail->next = &req;
-    else
-        s->qhead = &req;
-    s->qtail = &req;
 
     while (!req.done) {
         if (!s->leader)
@@ -861,7 +940,29 @@ void od_spool_shutdown(struct od_spool *s)
     pthread_mutex_lock(&s->mu);
     s->shutdown = true;
     pthread_cond_broadcast(&s->ready_cv);
+    /* Appends already queued are written (and their callbacks called). */
+    while (s->writer_running && (s->qhead != NULL || s->leader))
+        pthread_cond_wait(&s->idle_cv, &s->mu);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* The writer thread leads groups headed by an asynchronous request. */
+static void *spool_writer_main(void *arg)
+{
+    struct od_spool *s = arg;
+
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        if (s->qhead != NULL && s->qhead->cb != NULL && !s->leader) {
+            spool_lead(s);
+            continue;
+        }
+        if (s->closing && s->qhead == NULL)
+            break;
+        pthread_cond_wait(&s->writer_cv, &s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
 }
 
 void od_spool_complete(struct od_spool *s, uint64_t seq)
@@ -1229,6 +1330,8 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->ready_cv, &ca);
     pthread_condattr_destroy(&ca);
+    pthread_cond_init(&s->writer_cv, NULL);
+    pthread_cond_init(&s->idle_cv, NULL);
 
     s->dir = strdup(o->dir);
     if (s->dir == NULL) {
@@ -1256,6 +1359,12 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
     rc = spool_recover(s);
     if (rc < 0)
         goto fail;
+    rc = -pthread_create(&s->writer, NULL, spool_writer_main, s);
+    if (rc < 0) {
+        od_err("spool %s: cannot start the writer thread: %s", s->dir, strerror(-rc));
+        goto fail;
+    }
+    s->writer_running = true;
     *out = s;
     return 0;
 
@@ -1268,6 +1377,15 @@ void od_spool_close(struct od_spool *s)
 {
     if (s == NULL)
         return;
+    if (s->writer_running) {
+        pthread_mutex_lock(&s->mu);
+        s->shutdown = true;
+        s->closing = true;
+        pthread_cond_signal(&s->writer_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->writer, NULL);
+        s->writer_running = false;
+    }
     for (size_t i = 0; i < s->nsegs; i++)
         spool_seg_free(s->segs[i]);
     free(s->segs);
@@ -1278,6 +1396,8 @@ void od_spool_close(struct od_spool *s)
         close(s->dir_fd);
     free(s->dir);
     pthread_cond_destroy(&s->ready_cv);
+    pthread_cond_destroy(&s->writer_cv);
+    pthread_cond_destroy(&s->idle_cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }

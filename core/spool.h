@@ -30,11 +30,25 @@ void od_spool_close(struct od_spool *s);
  * number (> 0).  RETURNS: 0, -ENOSPC (full), -EIO, -ENOMEM, -ESHUTDOWN (closing). */
 int  od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *seq);
 
+/* Completion of od_spool_append_async: rc as od_spool_append returns. */
+typedef void (*od_spool_done_fn)(void *arg, int rc, uint64_t seq);
+
+/* Append without waiting: the record joins the next group commit and cb is
+ * called once it is durable (or the write failed), on the thread that led
+ * that group (never inside this call).  data must be malloc'd: the spool
+ * takes it over, also on failure.  *seq gets the record's number before
+ * this returns, so a caller may file it before the record becomes visible.
+ * RETURNS: 0 (cb will be called) or -ENOSPC, -EIO, -EMSGSIZE, -ENOMEM,
+ * -ESHUTDOWN (cb will not be called). */
+int  od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
+                           void *arg, uint64_t *seq);
+
 /* Next record not yet handed out, in append order; waits up to timeout_ms
  * (-1: forever) for one.  *data is malloc'd for the caller.
  * RETURNS: 0, -EAGAIN (timeout), -ESHUTDOWN (closing). */
 int  od_spool_next(struct od_spool *s, uint64_t *seq, void **data, size_t *len, int64_t timeout_ms);
-/* Wake any od_spool_next waiting (e.g. on stop); later calls return -ESHUTDOWN. */
+/* Wake any od_spool_next waiting (e.g. on stop); later calls return -ESHUTDOWN.
+ * Appends already queued are written and their callbacks called first. */
 void od_spool_shutdown(struct od_spool *s);
 
 /* Mark a record completed (processed or dead-lettered).  Idempotent. */

@@ -53,16 +53,28 @@ static void start(struct run *r, const char *pipeline_body)
     ck_assert_int_eq(od_pipe_start(r->pipe), 0);
 }
 
-static void stop(struct run *r)
+/* Stop the pipeline, leaving its state directory for a look. */
+static void stop_pipe(struct run *r, int64_t drain_ms)
 {
     od_pipe_stop_input(r->pipe);
-    od_pipe_drain(r->pipe, od_mono_ms() + 5000);
+    od_pipe_drain(r->pipe, od_mono_ms() + drain_ms);
     od_pipes_set_current(NULL, 0);
     od_pipe_destroy(r->pipe);
+    r->pipe = NULL;
+}
+
+static void cleanup(struct run *r)
+{
     od_conf_free(r->conf);
     od_registry_free(&r->reg);
     od_metrics_shutdown();
     th_cleanup();
+}
+
+static void stop(struct run *r)
+{
+    stop_pipe(r, 5000);
+    cleanup(r);
 }
 
 static size_t count_lines(const char *name, const char *needle)
@@ -290,6 +302,107 @@ START_TEST(same_partition_key_in_order)
 }
 END_TEST
 
+/* submit_async: with ORDERD_SUBMIT_OUTCOME the input hears how each message
+ * ended, and only once the last stage is done with it; without it, as soon as
+ * it is accepted (durable, with a spool). */
+static void async_run(int spool, const char *mode, int reject)
+{
+    struct run r;
+    char body[1024];
+    size_t d, pub;
+
+    snprintf(body, sizeof(body),
+             "%s"
+             "input = { plugin = \"testkit\"; count = 20; async = \"%s\"; record_done = \"done\"; };\n"
+             "transforms = ( { plugin = \"testkit\"; sleep = \"5ms\"; reject = %s; } );\n"
+             "publish = ( { plugin = \"testkit\"; record = \"pub\"; } );\n",
+             spool ? "spool = { sync = true; };\n" : "", mode, reject ? "true" : "false");
+    start(&r, body);
+    ck_assert(wait_lines("done", 1));
+    d = count_lines("done", NULL);     /* done first: pub can only have grown since */
+    pub = count_lines("pub", NULL);
+    if (strcmp(mode, "outcome") == 0 && !reject)
+        ck_assert_msg(pub >= d, "%zu outcomes reported before %zu were published", d, pub);
+    if (strcmp(mode, "accepted") == 0)
+        ck_assert_msg(d > pub, "accepted was reported only after publishing (%zu, %zu)", d, pub);
+    ck_assert(wait_lines("done", 20));
+    if (reject) {
+        ck_assert_uint_eq(count_lines("done", " 0 REJECT testkit reject"), 20);
+        ck_assert_uint_eq(count_lines("pub", NULL), 0);
+    } else {
+        ck_assert_uint_eq(count_lines("done", " 0 OK -"), 20);
+        ck_assert(wait_lines("pub", 20));
+    }
+    stop_pipe(&r, 5000);
+    ck_assert_uint_eq(count_lines("done", NULL), 20);   /* exactly once each */
+    cleanup(&r);
+}
+
+START_TEST(async_outcome_without_spool)
+{
+    async_run(0, "outcome", 0);
+}
+END_TEST
+
+START_TEST(async_outcome_without_spool_reject)
+{
+    async_run(0, "outcome", 1);
+}
+END_TEST
+
+START_TEST(async_outcome_with_spool)
+{
+    async_run(1, "outcome", 0);
+}
+END_TEST
+
+START_TEST(async_outcome_with_spool_reject)
+{
+    async_run(1, "outcome", 1);
+}
+END_TEST
+
+START_TEST(async_accepted_with_spool)
+{
+    async_run(1, "accepted", 0);
+}
+END_TEST
+
+/* Outcomes still awaited when the pipeline stops are reported as RETRY
+ * before the input is destroyed: in memory, or left in the spool. */
+static void async_stop_run(int spool)
+{
+    struct run r;
+    char body[1024];
+
+    snprintf(body, sizeof(body),
+             "%s"
+             "input = { plugin = \"testkit\"; count = 10; async = \"outcome\"; record_done = \"done\"; };\n"
+             "transforms = ( { plugin = \"testkit\"; fail_times = 1000; retry_after = \"1h\"; } );\n",
+             spool ? "spool = { sync = false; };\n" : "");
+    start(&r, body);
+    for (int i = 0; i < 500 && metric("orderd_stage_outcomes_total{pipeline=\"p\",stage=\"testkit-2\",plugin=\"testkit\",kind=\"transform\",outcome=\"retry\"} ") < 10; i++)
+        usleep(10000);
+    ck_assert_uint_eq(count_lines("done", NULL), 0);
+    stop_pipe(&r, 100);
+    ck_assert_uint_eq(count_lines("done", NULL), 10);
+    ck_assert_uint_eq(count_lines("done", spool ? " 0 RETRY the pipeline stopped first; it stays in the spool"
+                                                : " 0 RETRY the pipeline stopped first"), 10);
+    cleanup(&r);
+}
+
+START_TEST(async_outcome_at_stop)
+{
+    async_stop_run(0);
+}
+END_TEST
+
+START_TEST(async_outcome_at_stop_with_spool)
+{
+    async_stop_run(1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("engine");
@@ -308,6 +421,13 @@ int main(void)
     tcase_add_test(tc, backpressure_refuses_nowait_and_loses_nothing);
     tcase_add_test(tc, batches_cross_stage_boundaries);
     tcase_add_test(tc, same_partition_key_in_order);
+    tcase_add_test(tc, async_outcome_without_spool);
+    tcase_add_test(tc, async_outcome_without_spool_reject);
+    tcase_add_test(tc, async_outcome_with_spool);
+    tcase_add_test(tc, async_outcome_with_spool_reject);
+    tcase_add_test(tc, async_accepted_with_spool);
+    tcase_add_test(tc, async_outcome_at_stop);
+    tcase_add_test(tc, async_outcome_at_stop_with_spool);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

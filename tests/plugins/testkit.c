@@ -52,6 +52,10 @@ static const orderd_option tk_input_options[] = {
       .help = "submit with NOWAIT; refusals are counted in metric testkit_refused and retried after 1 ms" },
     { .key = "record_acks", .type = ORDERD_T_PATH, .flags = ORDERD_OPT_STATE,
       .help = "append \"<id> <outcome> <reason or ->\\n\" to this file for every ack" },
+    { .key = "async", .type = ORDERD_T_STRING, .choices = "no|accepted|outcome", .def = "no",
+      .help = "submit with submit_async (ABI 1.1): \"accepted\" or \"outcome\" (ORDERD_SUBMIT_OUTCOME)" },
+    { .key = "record_done", .type = ORDERD_T_PATH, .flags = ORDERD_OPT_STATE,
+      .help = "async: append \"<id> <rc> <outcome> <reason or ->\\n\" for every completion" },
     { .key = NULL }
 };
 
@@ -101,6 +105,14 @@ struct tk {
     /* input */
     int64_t             count;
     int                 nowait;
+    int                 async;          /* 0, 1 accepted, 2 outcome */
+    int                 done_fd;
+};
+
+/* One submit_async in flight: what its completion records. */
+struct tk_done {
+    struct tk *tk;
+    char       id[32];
 };
 
 static int64_t
@@ -332,6 +344,45 @@ tk_lookup(void *state, const char *key, json_t **out)
 
 /* ---- input ------------------------------------------------------------- */
 
+static const char *tk_outcome_name(orderd_outcome o);
+
+static void
+tk_done(void *arg, int rc, const orderd_result *res)
+{
+    struct tk_done *d = arg;
+    char *line;
+
+    if (d->tk->done_fd >= 0 &&
+        asprintf(&line, "%s %d %s %s\n", d->id, rc, tk_outcome_name(res->outcome),
+                 res->reason ? res->reason : "-") >= 0) {
+        tk_append(d->tk, d->tk->done_fd, line);
+        free(line);
+    }
+    free(d);
+}
+
+static int
+tk_submit(struct tk *tk, orderd_msg *m, const char *id)
+{
+    unsigned flags = tk->nowait ? ORDERD_SUBMIT_NOWAIT : 0;
+    struct tk_done *d;
+
+    if (!tk->async)
+        return tk->h->submit(tk->inst, m, flags);
+    d = malloc(sizeof(*d));
+    if (d == NULL) {
+        tk->h->msg_free(m);
+        return -ENOMEM;
+    }
+    d->tk = tk;
+    snprintf(d->id, sizeof(d->id), "%s", id);
+    int rc = tk->h->submit_async(tk->inst, m, flags | (tk->async == 2 ? ORDERD_SUBMIT_OUTCOME : 0),
+                                 tk_done, d);
+    if (rc < 0)
+        free(d);
+    return rc;
+}
+
 static void *
 tk_feed(void *arg)
 {
@@ -354,7 +405,7 @@ tk_feed(void *arg)
                 h->log(tk->inst, ORDERD_LOG_ERR, "out of memory");
                 return NULL;
             }
-            int rc = h->submit(tk->inst, m, tk->nowait ? ORDERD_SUBMIT_NOWAIT : 0);
+            int rc = tk_submit(tk, m, id);
             if (rc == 0)
                 break;
             if (rc == -ESHUTDOWN)
@@ -456,6 +507,7 @@ tk_create_kind(orderd_inst *inst, const orderd_host *h, const json_t *conf, void
     tk->h = h;
     tk->kind = kind;
     tk->record_fd = -1;
+    tk->done_fd = -1;
     pthread_mutex_init(&tk->mtx, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -465,7 +517,18 @@ tk_create_kind(orderd_inst *inst, const orderd_host *h, const json_t *conf, void
     if (kind == ORDERD_INPUT) {
         tk->count = json_integer_value(json_object_get(conf, "count"));
         tk->nowait = json_is_true(json_object_get(conf, "nowait"));
+        const char *async = json_string_value(json_object_get(conf, "async"));
+        tk->async = async == NULL ? 0 : strcmp(async, "accepted") == 0 ? 1
+                                       : strcmp(async, "outcome") == 0 ? 2 : 0;
+        if (tk->async && !ORDERD_HOST_HAS(h, submit_async)) {
+            h->log(inst, ORDERD_LOG_ERR, "async needs a host with ABI 1.1");
+            rc = -ENOTSUP;
+            goto fail;
+        }
         rc = tk_open_record(tk, conf, "record_acks", &tk->record_fd);
+        if (rc < 0)
+            goto fail;
+        rc = tk_open_record(tk, conf, "record_done", &tk->done_fd);
         if (rc < 0)
             goto fail;
         *state = tk;
@@ -552,6 +615,8 @@ tk_destroy(void *state)
     }
     if (tk->record_fd >= 0)
         close(tk->record_fd);
+    if (tk->done_fd >= 0)
+        close(tk->done_fd);
     pthread_cond_destroy(&tk->cond);
     pthread_mutex_destroy(&tk->mtx);
     free(tk->reject_reason);

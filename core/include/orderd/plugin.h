@@ -19,6 +19,9 @@
  *
  * Changelog
  *   1.0  initial ABI.
+ *   1.1  host->submit_async() and ORDERD_SUBMIT_OUTCOME: an input hands over
+ *        a message without blocking and hears back when it is durable, or
+ *        when the pipeline is finished with it.  ORDERD_HOST_HAS().
  *
  * Ownership, in one rule: the host owns every orderd_msg; a plugin borrows
  * it for the duration of a callback (or, for PENDING, until it calls
@@ -38,7 +41,7 @@ extern "C" {
 #endif
 
 #define ORDERD_ABI_MAJOR 1u
-#define ORDERD_ABI_MINOR 0u
+#define ORDERD_ABI_MINOR 1u
 
 /* Name of the one symbol a plugin exports. */
 #define ORDERD_PLUGIN_SYMBOL "orderd_plugin_v1"
@@ -157,10 +160,28 @@ typedef struct orderd_result {
 typedef struct orderd_msg  orderd_msg;   /* envelope; always owned by the host */
 typedef struct orderd_inst orderd_inst;  /* the host's handle for one configured stage */
 
-/* submit() flags */
+/* submit() and submit_async() flags */
 enum {
-    ORDERD_SUBMIT_NOWAIT = 1u << 0  /* return -EAGAIN instead of blocking when full */
+    ORDERD_SUBMIT_NOWAIT  = 1u << 0, /* return -EAGAIN instead of blocking when full */
+    ORDERD_SUBMIT_OUTCOME = 1u << 1  /* submit_async (1.1): report when the pipeline is
+                                      * finished with the message, not when it is accepted */
 };
+
+/*
+ * Completion of submit_async() (ABI 1.1).  Called exactly once per message
+ * submit_async() accepted, on a host thread (possibly before submit_async()
+ * returns); it must not block.  rc is 0 or a negative errno as submit()
+ * would have returned.  res is never NULL and is valid only during the call.
+ * Without ORDERD_SUBMIT_OUTCOME, rc == 0 means accepted (durable when the
+ * pipeline has a spool) and res->outcome is ORDERD_OK.  With it, rc == 0
+ * and res->outcome tells how the pipeline finished the message:
+ *   ORDERD_OK      every stage succeeded (or one dropped it);
+ *   ORDERD_REJECT  it was dead-lettered; res->reason says why;
+ *   ORDERD_RETRY   it did not finish (the pipeline stopped, or gave it back
+ *                  to its source); res->reason says why.  With a spool it
+ *                  stays in the spool and is processed after a restart.
+ */
+typedef void (*orderd_submit_done)(void *arg, int rc, const orderd_result *res);
 
 /*
  * The host's function table.  create() receives it; keep the pointer in your
@@ -257,8 +278,26 @@ typedef struct orderd_host {
     const char *(*stage_name)(const orderd_inst *inst);
     const char *(*state_dir)(void);
 
-    /* ABI 1.1+ members go below this line only. */
+    /* ---- ABI 1.1 (test with ORDERD_HOST_HAS(host, submit_async)) ---- */
+
+    /* SUBMIT_ASYNC - submit() without waiting for the spool or the pipeline:
+     * done(arg, ...) reports the result later (see orderd_submit_done), so
+     * an event-driven input keeps serving other clients meanwhile.  flags:
+     * ORDERD_SUBMIT_NOWAIT as for submit(), ORDERD_SUBMIT_OUTCOME.  Always
+     * consumes m.
+     * RETURNS: 0 when accepted (done will be called), or a negative errno as
+     * submit() returns (done will not be called). */
+    int (*submit_async)(orderd_inst *inst, orderd_msg *m, unsigned flags,
+                        orderd_submit_done done, void *arg);
+
+    /* ABI 1.2+ members go below this line only. */
 } orderd_host;
+
+/* Does the running host provide this orderd_host member?  For members added
+ * after 1.0: `if (ORDERD_HOST_HAS(host, submit_async)) ...` */
+#define ORDERD_HOST_HAS(host, member)                                        \
+    ((host)->size >= offsetof(orderd_host, member) + sizeof((host)->member) && \
+     (host)->member != NULL)
 
 /* Stage flags */
 enum {
