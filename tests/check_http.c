@@ -657,6 +657,14 @@ START_TEST(test_bad_config)
     snprintf(conf, sizeof conf, "api_keys_file = \"%s\";", keys);
     ck_assert_ptr_null(th_stage_try("http", ORDERD_INPUT, conf, err, sizeof err));
     free(keys);
+    /* The schema knows the choices; the plugin knows what they need. */
+    ck_assert_ptr_null(th_stage_try("http", ORDERD_INPUT, "acknowledge = \"done\";", err, sizeof err));
+    ck_assert_ptr_nonnull(strstr(err, "acknowledge"));
+    /* "processed" needs submit_async, which this (ABI 1.0 style) fake host
+     * lacks, and an event thread: refused at create(), never a hang. */
+    ck_assert_ptr_null(th_stage_try("http", ORDERD_INPUT, "acknowledge = \"processed\";", err, sizeof err));
+    ck_assert_ptr_null(th_stage_try("http", ORDERD_INPUT, "acknowledge = \"processed\"; threads = 0;",
+                                    err, sizeof err));
 }
 END_TEST
 

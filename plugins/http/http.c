@@ -6,10 +6,26 @@
  *   GET  /orders/{id}               the store's snapshot, or "accepted, not yet processed"
  *   GET  /healthz                   liveness (no API key needed)
  *
- * 202 means durable: host->submit() returns only once the spool has the
- * record.  submit() blocks, so requests run on MHD's thread pool (or one
- * thread per connection) and many can wait in submit at once, which is what
- * lets the core group their fdatasyncs.  Errors are RFC 9457 problem+json.
+ * What 202 means is the `acknowledge` option: "accepted" (the order is
+ * durable in the spool, or admitted when the pipeline has none) or
+ * "processed" (every stage has finished it; 422 if it was dead-lettered,
+ * 503 if it did not finish, 504 after acknowledge_timeout).
+ *
+ * Event-driven (threads > 0 and a core with submit_async, ABI 1.1): MHD's
+ * epoll thread(s) read a request, suspend its connection and hand the order
+ * to host->submit_async(); the completion stores the result in a ticket and
+ * resumes the connection, and MHD calls the handler again to answer.  A few
+ * threads then serve every connection, and all the requests waiting at once
+ * share one group-committed fdatasync.  Otherwise (threads = 0, or an ABI
+ * 1.0 core) each request blocks its thread in host->submit().
+ *
+ * Ticket lifetime: a ticket has two references, the request's (dropped when
+ * MHD completes the request) and the core's (dropped by done(), or at once
+ * when submit_async() fails).  Its state, WAITING then READY, changes once,
+ * under tk_lock, by whoever decides the answer first: done(), the timeout
+ * reaper, or stop().  Only that one resumes the connection, after unlocking,
+ * and touches neither ticket nor request afterwards.  Errors are RFC 9457
+ * problem+json.
  */
 #define _GNU_SOURCE   /* asprintf */
 #include <errno.h>
@@ -27,6 +43,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
@@ -46,12 +63,42 @@ typedef int hp_ret;
 #define HP_CMD_MAX     64
 #define HP_IDEM_MAX    255
 
+/* How long stop() lets waiting requests get their real answer, and then
+ * lets MHD send the 503s it gave the rest, before closing connections. */
+#define HP_STOP_GRACE_MS  2000
+#define HP_FLUSH_MS       1000
+
 /* Recently accepted order ids, so GET can say "accepted, not processed yet"
  * instead of 404 while the pipeline catches up.  Bounded: oldest evicted. */
 struct hp_pend {
     char            *id;
     struct hp_pend  *hnext;
     struct hp_pend  *prev, *next;   /* insertion order, oldest first */
+};
+
+/* One submit_async() in flight for a suspended request.  See the top comment. */
+enum hp_tk_state { HP_TK_WAITING, HP_TK_READY };
+enum hp_tk_why {
+    HP_TK_DONE,       /* done() (or a failed submit_async) decided: rc, outcome, reason */
+    HP_TK_TIMEOUT,    /* acknowledge_timeout passed first: 504 */
+    HP_TK_SHUTDOWN,   /* stop() answered before the core did: 503 */
+    HP_TK_ABANDONED   /* the request ended while still waiting (never expected) */
+};
+
+struct hp_ticket {
+    struct hp              *h;
+    struct MHD_Connection  *conn;
+    /* under h->tk_lock */
+    enum hp_tk_state        state;
+    unsigned                refs;
+    int64_t                 deadline_ms;     /* processed mode: monotonic */
+    struct hp_ticket       *prev, *next;     /* h->tk_head list while WAITING */
+    /* set once, with state READY */
+    enum hp_tk_why          why;
+    int                     rc;
+    orderd_outcome          outcome;
+    uint32_t                retry_after_ms;
+    char                   *reason;
 };
 
 struct hp {
@@ -74,6 +121,9 @@ struct hp {
     char               *tls_cert, *tls_key;
     jsonschema         *schema;
     struct http_idem   *idem;
+    bool                processed;       /* acknowledge = "processed" */
+    int64_t             ack_timeout_ms;
+    bool                async;           /* submit_async and suspended connections */
 
     /* runtime */
     struct MHD_Daemon  *mhd;
@@ -85,6 +135,18 @@ struct hp {
     size_t              pend_nbuckets;   /* power of two */
     size_t              pend_count;
     struct hp_pend     *pend_oldest, *pend_newest;
+
+    /* Suspended requests (async only).  tk_cond signals: a ticket left the
+     * list, resuming or tk_requests reached 0, the reaper must look again. */
+    pthread_mutex_t     tk_lock;
+    pthread_cond_t      tk_cond;         /* CLOCK_MONOTONIC */
+    struct hp_ticket   *tk_head, *tk_tail;   /* WAITING, oldest (earliest deadline) first */
+    bool                tk_closed;       /* stop(): no new tickets */
+    unsigned            tk_resuming;     /* MHD_resume_connection() calls under way */
+    unsigned            tk_requests;     /* requests holding a ticket (not yet completed) */
+    bool                reaper_quit;
+    bool                reaper_running;
+    pthread_t           reaper;
 };
 
 enum hp_route { HP_R_ORDERS = 1, HP_R_ORDER, HP_R_COMMAND };
@@ -100,13 +162,18 @@ struct hp_req {
     char          *buf;
     size_t         len, cap;
     size_t         expect;       /* Content-Length when given (<= max_body), else 0 */
+    /* async: what the answer after resuming needs */
+    struct hp_ticket *ticket;    /* one reference, dropped in hp_completed */
+    char          *reply;        /* the 202 body */
+    char          *idem_key;     /* reserved Idempotency-Key, or NULL */
+    bool           resumed;      /* the answer from the ticket was queued */
 };
 
 static const orderd_option hp_options[] = {
     { .key = "listen", .type = ORDERD_T_STRING, .def = "127.0.0.1:8080",
       .help = "Address and port to listen on: \"host:port\", \"[ipv6]:port\" or \"*:port\" for all addresses (port 0 picks a free one)" },
-    { .key = "threads", .type = ORDERD_T_INT, .def = "4",
-      .help = "Worker threads serving requests (each can wait in a durable submit); 0 = one thread per connection" },
+    { .key = "threads", .type = ORDERD_T_INT, .def = "2",
+      .help = "Event threads serving all connections (requests wait for the spool without holding a thread); 0 = one thread per connection, each request blocking it" },
     { .key = "max_connections", .type = ORDERD_T_INT, .def = "1024",
       .help = "Maximum number of concurrent client connections" },
     { .key = "max_header", .type = ORDERD_T_SIZE, .def = "16KiB",
@@ -116,7 +183,11 @@ static const orderd_option hp_options[] = {
     { .key = "request_timeout", .type = ORDERD_T_DURATION, .def = "30s",
       .help = "Close a connection that has been idle (or sends nothing) for this long" },
     { .key = "retry_after", .type = ORDERD_T_DURATION, .def = "1s",
-      .help = "Retry-After sent with 503 when the pipeline's spool is full" },
+      .help = "Retry-After sent with 503 when the pipeline's spool is full, or when an order did not finish (acknowledge = \"processed\")" },
+    { .key = "acknowledge", .type = ORDERD_T_STRING, .def = "accepted", .choices = "accepted|processed",
+      .help = "When POST answers 202: \"accepted\" once the order is durable in the spool (admitted when the pipeline has no spool); \"processed\" once every stage has finished it (422 if it was dead-lettered, 503 if it did not finish); needs threads > 0" },
+    { .key = "acknowledge_timeout", .type = ORDERD_T_DURATION, .def = "30s",
+      .help = "With acknowledge = \"processed\": answer 504 when the pipeline has not finished an order by then (it may still be processed; retrying with the same id or Idempotency-Key is safe)" },
     { .key = "store_pipeline", .type = ORDERD_T_STRING,
       .help = "Pipeline whose store answers GET /orders/{id} (default: this pipeline)" },
     { .key = "pending_max", .type = ORDERD_T_INT, .def = "100000",
@@ -533,75 +604,352 @@ static hp_ret hp_get_order(struct hp *h, struct MHD_Connection *c, const char *i
     return hp_problem(h, c, 503, NULL, "Service Unavailable", "the order store cannot be read right now", NULL);
 }
 
+/* ---- POST: answers ----------------------------------------------------- */
+
+static hp_ret hp_retry_later(struct hp *h, struct MHD_Connection *c, unsigned status,
+                             const char *title, const char *detail, json_t *extra,
+                             uint32_t retry_after_ms)
+{
+    char ra[16];
+    unsigned secs = retry_after_ms > 0 ? (retry_after_ms + 999) / 1000 : h->retry_after_s;
+    struct MHD_Response *resp = hp_problem_resp(status, NULL, title, detail, extra);
+
+    snprintf(ra, sizeof ra, "%u", secs);
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    return hp_queue(h, c, status, resp);
+}
+
+/* How a submit ended, from whichever path learnt it. */
+struct hp_result {
+    enum hp_tk_why  why;
+    int             rc;
+    orderd_outcome  outcome;
+    uint32_t        retry_after_ms;
+    const char     *reason;
+};
+
+/* Answers a submitted POST: 202 (recording the pending id and committing
+ * the Idempotency-Key) or the error, aborting the key so a retry can run.
+ * reply (the 202 body) is stolen. */
+static hp_ret hp_answer(struct hp *h, struct MHD_Connection *c, enum hp_route route,
+                        const char *cmd, const char *order_id, const char *idem_key,
+                        char *reply, const struct hp_result *res)
+{
+    static const char maybe[] = "; the order may still be processed: retrying with the same id "
+                                "or Idempotency-Key is safe";
+    char location[sizeof "/orders/" + HP_ID_MAX];
+    char detail[512];
+
+    snprintf(location, sizeof location, "/orders/%s", order_id);
+    if (res->why == HP_TK_DONE && res->rc == 0 && res->outcome != ORDERD_REJECT &&
+        res->outcome != ORDERD_RETRY) {
+        if (route == HP_R_ORDERS)
+            hp_pend_add(h, order_id);
+        if (idem_key != NULL) {
+            int rc = http_idem_commit(h->idem, idem_key, 202, reply, location);
+            /* The command is accepted and its id is derived from the key, so a
+             * retry after a lost record is deduplicated downstream anyway. */
+            if (rc != 0)
+                h->host->log(h->inst, ORDERD_LOG_WARN, "cannot record an Idempotency-Key: %s",
+                             strerror(-rc));
+        }
+        return hp_accepted_reply(h, c, 202, reply, location, false);
+    }
+
+    free(reply);
+    if (idem_key != NULL)
+        http_idem_abort(h->idem, idem_key);
+    json_t *id = json_pack("{s:s}", "id", order_id);
+    switch (res->why) {
+    case HP_TK_TIMEOUT:
+        snprintf(detail, sizeof detail, "the pipeline did not finish the order within %lld ms%s",
+                 (long long)h->ack_timeout_ms, maybe);
+        return hp_problem(h, c, 504, NULL, "Gateway Timeout", detail, id);
+    case HP_TK_SHUTDOWN:
+    case HP_TK_ABANDONED:
+        snprintf(detail, sizeof detail, "the service is shutting down%s", maybe);
+        return hp_problem(h, c, 503, NULL, "Service Unavailable", detail, id);
+    case HP_TK_DONE:
+        break;
+    }
+    if (res->rc == 0 && res->outcome == ORDERD_REJECT)
+        return hp_problem(h, c, 422, "urn:orderd:problem:order-rejected", "Unprocessable Content",
+                          res->reason ? res->reason : "the order was rejected", id);
+    if (res->rc == 0) {
+        snprintf(detail, sizeof detail, "the order did not finish (%.256s)%s",
+                 res->reason ? res->reason : "no reason given", maybe);
+        return hp_retry_later(h, c, 503, "Service Unavailable", detail, id, res->retry_after_ms);
+    }
+    json_decref(id);
+    if (res->rc == -ENOSPC || res->rc == -EAGAIN)
+        return hp_retry_later(h, c, 503, "Service Unavailable", "the order spool is full; retry later",
+                              NULL, 0);
+    if (res->rc == -ESHUTDOWN)
+        return hp_problem(h, c, 503, NULL, "Service Unavailable", "the service is shutting down", NULL);
+    h->host->log(h->inst, ORDERD_LOG_ERR, "cannot submit %s for order %s: %s",
+                 route == HP_R_COMMAND ? cmd : "create", order_id, strerror(-res->rc));
+    return hp_problem(h, c, 500, NULL, "Internal Server Error", "the order was not accepted", NULL);
+}
+
+/* ---- POST: asynchronous submits (tickets) ------------------------------ */
+
+static int64_t hp_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void hp_timedwait(struct hp *h, int64_t until_ms)
+{
+    struct timespec ts = { .tv_sec = until_ms / 1000, .tv_nsec = (until_ms % 1000) * 1000000 };
+
+    pthread_cond_timedwait(&h->tk_cond, &h->tk_lock, &ts);
+}
+
+static void hp_ticket_free(struct hp_ticket *t)
+{
+    free(t->reason);
+    free(t);
+}
+
+/* Decides t's answer (tk_lock held, t WAITING): takes it off the waiting
+ * list and counts a resume under way.  reason is copied (NULL on ENOMEM
+ * only costs the detail).  RETURNS: the connection the caller must resume
+ * once it has unlocked, then call hp_resumed(). */
+static struct MHD_Connection *hp_ticket_decide(struct hp *h, struct hp_ticket *t,
+                                               const struct hp_result *res)
+{
+    t->state = HP_TK_READY;
+    t->why = res->why;
+    t->rc = res->rc;
+    t->outcome = res->outcome;
+    t->retry_after_ms = res->retry_after_ms;
+    t->reason = res->reason ? strdup(res->reason) : NULL;
+    if (t->prev) t->prev->next = t->next; else h->tk_head = t->next;
+    if (t->next) t->next->prev = t->prev; else h->tk_tail = t->prev;
+    t->prev = t->next = NULL;
+    h->tk_resuming++;
+    pthread_cond_broadcast(&h->tk_cond);
+    return t->conn;
+}
+
+/* After MHD_resume_connection(): stop() waits for this before stopping MHD. */
+static void hp_resume(struct hp *h, struct MHD_Connection *conn)
+{
+    MHD_resume_connection(conn);
+    pthread_mutex_lock(&h->tk_lock);
+    if (--h->tk_resuming == 0)
+        pthread_cond_broadcast(&h->tk_cond);
+    pthread_mutex_unlock(&h->tk_lock);
+}
+
+/* The core's side: decide t if nobody has, then drop the core's reference. */
+static void hp_ticket_settle(struct hp_ticket *t, const struct hp_result *res)
+{
+    struct hp *h = t->h;
+    struct MHD_Connection *conn = NULL;
+    bool last;
+
+    pthread_mutex_lock(&h->tk_lock);
+    if (t->state == HP_TK_WAITING)
+        conn = hp_ticket_decide(h, t, res);
+    last = --t->refs == 0;
+    pthread_mutex_unlock(&h->tk_lock);
+    if (last)
+        hp_ticket_free(t);   /* answered by timeout or stop, request gone: nothing to resume */
+    else if (conn != NULL)
+        hp_resume(h, conn);  /* t and its request may be freed from here on */
+}
+
+/* orderd_submit_done: on a host thread, perhaps inside submit_async(). */
+static void hp_done(void *arg, int rc, const orderd_result *res)
+{
+    struct hp_result r = { .why = HP_TK_DONE, .rc = rc, .outcome = res->outcome,
+                           .retry_after_ms = res->retry_after_ms, .reason = res->reason };
+
+    hp_ticket_settle(arg, &r);
+}
+
+/* The request's side, from hp_completed: drop its reference. */
+static void hp_ticket_release(struct hp *h, struct hp_ticket *t)
+{
+    bool last;
+
+    pthread_mutex_lock(&h->tk_lock);
+    if (t->state == HP_TK_WAITING) {
+        /* MHD never completes a suspended request; if it ever did, make
+         * sure nobody resumes a connection that is gone. */
+        struct hp_result r = { .why = HP_TK_ABANDONED };
+        hp_ticket_decide(h, t, &r);
+        h->tk_resuming--;
+    }
+    last = --t->refs == 0;
+    if (--h->tk_requests == 0)
+        pthread_cond_broadcast(&h->tk_cond);
+    pthread_mutex_unlock(&h->tk_lock);
+    if (last)
+        hp_ticket_free(t);
+}
+
+/* Processed mode: answers 504 to requests whose acknowledge_timeout passed.
+ * Waiting tickets are in deadline order (one timeout, appended in time
+ * order), so only the oldest needs watching. */
+static void *hp_reaper(void *arg)
+{
+    struct hp *h = arg;
+
+    pthread_mutex_lock(&h->tk_lock);
+    while (!h->reaper_quit) {
+        struct hp_ticket *t = h->tk_head;
+        if (t == NULL) {
+            pthread_cond_wait(&h->tk_cond, &h->tk_lock);
+            continue;
+        }
+        if (t->deadline_ms > hp_now_ms()) {
+            hp_timedwait(h, t->deadline_ms);
+            continue;
+        }
+        struct hp_result r = { .why = HP_TK_TIMEOUT };
+        struct MHD_Connection *conn = hp_ticket_decide(h, t, &r);
+        pthread_mutex_unlock(&h->tk_lock);
+        hp_resume(h, conn);
+        pthread_mutex_lock(&h->tk_lock);
+    }
+    pthread_mutex_unlock(&h->tk_lock);
+    return NULL;
+}
+
+/* Suspends the connection and hands m to submit_async(); the answer comes
+ * in hp_resumed().  Takes m and r->reply. */
+static hp_ret hp_submit_async(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
+                              orderd_msg *m)
+{
+    unsigned flags = ORDERD_SUBMIT_NOWAIT | (h->processed ? ORDERD_SUBMIT_OUTCOME : 0);
+    struct hp_ticket *t = calloc(1, sizeof *t);
+    struct hp_result res = { .why = HP_TK_DONE, .rc = -ENOMEM };
+    int rc;
+
+    if (t == NULL)
+        goto fail;
+    t->h = h;
+    t->conn = c;
+    t->refs = 2;
+    pthread_mutex_lock(&h->tk_lock);
+    if (h->tk_closed) {
+        pthread_mutex_unlock(&h->tk_lock);
+        free(t);
+        res.rc = -ESHUTDOWN;
+        goto fail;
+    }
+    if (h->processed)
+        t->deadline_ms = hp_now_ms() + h->ack_timeout_ms;
+    t->prev = h->tk_tail;
+    if (h->tk_tail) h->tk_tail->next = t; else h->tk_head = t;
+    h->tk_tail = t;
+    h->tk_requests++;
+    if (t->prev == NULL)
+        pthread_cond_broadcast(&h->tk_cond);   /* the reaper has a deadline to watch */
+    pthread_mutex_unlock(&h->tk_lock);
+    r->ticket = t;
+
+    /* Suspend first: done() may resume before submit_async() returns. */
+    MHD_suspend_connection(c);
+    rc = h->host->submit_async(h->inst, m, flags, hp_done, t);
+    if (rc != 0) {
+        /* done() will not be called: settle in its place. */
+        res.rc = rc;
+        hp_ticket_settle(t, &res);
+    }
+    return MHD_YES;   /* neither t nor r may be touched any more */
+
+fail:
+    h->host->msg_free(m);
+    char *reply = r->reply;
+    r->reply = NULL;
+    return hp_answer(h, c, r->route, r->command, r->order_id, r->idem_key, reply, &res);
+}
+
+/* The handler's call after a resume: answer from the ticket. */
+static hp_ret hp_resumed(struct hp *h, struct MHD_Connection *c, struct hp_req *r)
+{
+    struct hp_ticket *t = r->ticket;
+    struct hp_result res;
+    char *reason, *reply;
+    hp_ret ret;
+
+    pthread_mutex_lock(&h->tk_lock);
+    if (t->state != HP_TK_READY) {
+        pthread_mutex_unlock(&h->tk_lock);
+        return MHD_YES;   /* not ours to answer yet */
+    }
+    reason = t->reason;
+    t->reason = NULL;
+    res = (struct hp_result){ .why = t->why, .rc = t->rc, .outcome = t->outcome,
+                              .retry_after_ms = t->retry_after_ms, .reason = reason };
+    pthread_mutex_unlock(&h->tk_lock);
+    reply = r->reply;
+    r->reply = NULL;
+    r->resumed = true;
+    ret = hp_answer(h, c, r->route, r->command, r->order_id, r->idem_key, reply, &res);
+    free(reason);
+    return ret;
+}
+
 /* ---- POST: submit a command ------------------------------------------- */
 
 /* The part of a POST that is the same for create and lifecycle commands:
- * reserve the Idempotency-Key, submit, record, answer.  body is stolen. */
+ * build the message, submit, answer.  The Idempotency-Key is reserved.
+ * body is stolen. */
 static hp_ret hp_submit(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
                         const char *idem_key, json_t *body, const char *order_id, const char *cmd_id)
 {
-    char location[sizeof "/orders/" + HP_ID_MAX];
+    const char *status = h->processed ? "processed" : "accepted";
+    struct hp_result res = { .why = HP_TK_DONE };
     char *out = NULL;
     orderd_msg *m;
     int rc;
 
-    snprintf(location, sizeof location, "/orders/%s", order_id);
     /* Formatted directly: ids and commands were checked against
      * [A-Za-z0-9._:-] and [a-z0-9_-], so nothing needs JSON escaping, and
      * building a jansson tree to dump it cost a dozen allocations. */
     if (r->route == HP_R_COMMAND)
-        rc = asprintf(&out, "{\"id\":\"%s\",\"command\":\"%s\",\"status\":\"accepted\"}",
-                      order_id, r->command);
+        rc = asprintf(&out, "{\"id\":\"%s\",\"command\":\"%s\",\"status\":\"%s\"}",
+                      order_id, r->command, status);
     else
-        rc = asprintf(&out, "{\"id\":\"%s\",\"status\":\"accepted\"}", order_id);
+        rc = asprintf(&out, "{\"id\":\"%s\",\"status\":\"%s\"}", order_id, status);
     if (rc < 0)
         out = NULL;
     m = out ? h->host->msg_new(h->inst, body) : (json_decref(body), NULL);
     if (m == NULL) {
-        rc = -ENOMEM;
-        goto fail;
+        res.rc = -ENOMEM;
+        goto answer;
     }
     if ((cmd_id && h->host->msg_set_id(m, cmd_id) != 0) ||
         h->host->msg_set_prop(m, "command", r->route == HP_R_COMMAND ? r->command : "create") != 0 ||
         h->host->msg_set_prop(m, "order_id", order_id) != 0 ||
         h->host->msg_set_partition_key(m, order_id) != 0) {
         h->host->msg_free(m);
-        rc = -ENOMEM;
-        goto fail;
+        res.rc = -ENOMEM;
+        goto answer;
     }
-    rc = h->host->submit(h->inst, m, 0);
-    if (rc != 0)
-        goto fail;
-
-    if (r->route == HP_R_ORDERS)
-        hp_pend_add(h, order_id);
-    if (idem_key != NULL) {
-        rc = http_idem_commit(h->idem, idem_key, 202, out, location);
-        /* The command is accepted and its id is derived from the key, so a
-         * retry after a lost record is deduplicated downstream anyway. */
-        if (rc != 0)
-            h->host->log(h->inst, ORDERD_LOG_WARN, "cannot record an Idempotency-Key: %s", strerror(-rc));
+    if (h->async) {
+        /* Kept for the answer after the connection resumes. */
+        snprintf(r->order_id, sizeof r->order_id, "%s", order_id);
+        r->reply = out;
+        if (idem_key != NULL && (r->idem_key = strdup(idem_key)) == NULL) {
+            h->host->msg_free(m);
+            r->reply = NULL;
+            res.rc = -ENOMEM;
+            goto answer;
+        }
+        return hp_submit_async(h, c, r, m);
     }
-    return hp_accepted_reply(h, c, 202, out, location, false);
-
-fail:
-    free(out);
-    if (idem_key != NULL)
-        http_idem_abort(h->idem, idem_key);
-    if (rc == -ENOSPC || rc == -EAGAIN) {
-        char ra[16];
-        struct MHD_Response *resp = hp_problem_resp(503, NULL, "Service Unavailable",
-            "the order spool is full; retry later", NULL);
-        snprintf(ra, sizeof ra, "%u", h->retry_after_s);
-        if (resp != NULL)
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
-        return hp_queue(h, c, 503, resp);
-    }
-    if (rc == -ESHUTDOWN)
-        return hp_problem(h, c, 503, NULL, "Service Unavailable", "the service is shutting down", NULL);
-    h->host->log(h->inst, ORDERD_LOG_ERR, "cannot submit %s for order %s: %s",
-                 r->route == HP_R_COMMAND ? r->command : "create", order_id, strerror(-rc));
-    return hp_problem(h, c, 500, NULL, "Internal Server Error", "the order was not accepted", NULL);
+    res.rc = h->host->submit(h->inst, m, 0);
+answer:
+    return hp_answer(h, c, r->route, r->command, order_id, idem_key, out, &res);
 }
 
 static hp_ret hp_post(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
@@ -869,6 +1217,8 @@ static hp_ret hp_handler(void *cls, struct MHD_Connection *c, const char *url,
         r->len += n;
         return MHD_YES;
     }
+    if (r->ticket != NULL)
+        return r->resumed ? MHD_YES : hp_resumed(h, c, r);
     if (r->answered)
         return MHD_YES;
     r->answered = true;
@@ -878,9 +1228,16 @@ static hp_ret hp_handler(void *cls, struct MHD_Connection *c, const char *url,
 static void hp_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    struct hp *h = cls;
     struct hp_req *r = *con_cls;
 
+    (void)c;
+    (void)toe;
     if (r != NULL) {
+        if (r->ticket != NULL)
+            hp_ticket_release(h, r->ticket);
+        free(r->reply);
+        free(r->idem_key);
         free(r->buf);
         free(r);
         *con_cls = NULL;
@@ -1025,6 +1382,12 @@ static int hp_create(orderd_inst *inst, const orderd_host *host, const json_t *c
     h->host = host;
     h->listen_fd = -1;
     pthread_mutex_init(&h->pend_lock, NULL);
+    pthread_mutex_init(&h->tk_lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->tk_cond, &ca);
+    pthread_condattr_destroy(&ca);
 
     s = json_string_value(json_object_get(conf, "listen"));
     if (s == NULL || (rc = hp_parse_listen(h, s)) != 0) {
@@ -1057,6 +1420,20 @@ static int hp_create(orderd_inst *inst, const orderd_host *host, const json_t *c
     h->retry_after_s = retry > 0 ? (unsigned)((retry + 999) / 1000) : 1;
     h->max_header = (size_t)mh;
     h->max_body = (size_t)mb;
+
+    s = json_string_value(json_object_get(conf, "acknowledge"));
+    h->processed = s != NULL && strcmp(s, "processed") == 0;
+    h->ack_timeout_ms = json_integer_value(json_object_get(conf, "acknowledge_timeout"));
+    h->async = h->threads > 0 && ORDERD_HOST_HAS(host, submit_async);
+    if (h->processed && !h->async) {
+        host->log(inst, ORDERD_LOG_ERR, "acknowledge = \"processed\" needs threads > 0 and a core "
+                  "providing submit_async (plugin ABI 1.1)");
+        goto fail;
+    }
+    if (h->processed && h->ack_timeout_ms < 1) {
+        host->log(inst, ORDERD_LOG_ERR, "acknowledge_timeout must be positive");
+        goto fail;
+    }
 
     s = json_string_value(json_object_get(conf, "store_pipeline"));
     if (s != NULL && (h->store_pipeline = strdup(s)) == NULL)
@@ -1176,6 +1553,8 @@ static int hp_bound_port(int fd)
     return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
+static void hp_stop(void *state);
+
 static int hp_start(void *state)
 {
     struct hp *h = state;
@@ -1185,6 +1564,8 @@ static int hp_start(void *state)
     int rc;
 
     atomic_store(&h->stopping, false);
+    h->tk_closed = false;
+    h->reaper_quit = false;
     rc = hp_bind(h);
     if (rc != 0)
         return rc;
@@ -1192,6 +1573,8 @@ static int hp_start(void *state)
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
     } else {
         flags |= MHD_USE_AUTO_INTERNAL_THREAD;
+        if (h->async)
+            flags |= MHD_ALLOW_SUSPEND_RESUME;
         if (h->threads > 1)
             opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_THREAD_POOL_SIZE, h->threads, NULL };
     }
@@ -1220,6 +1603,15 @@ static int hp_start(void *state)
         h->listen_fd = -1;
         return -EIO;
     }
+    if (h->processed) {
+        rc = pthread_create(&h->reaper, NULL, hp_reaper, h);
+        if (rc != 0) {
+            h->host->log(h->inst, ORDERD_LOG_ERR, "cannot start the timeout thread: %s", strerror(rc));
+            hp_stop(h);
+            return -rc;
+        }
+        h->reaper_running = true;
+    }
     int port = hp_bound_port(h->listen_fd);
     h->host->log(h->inst, ORDERD_LOG_INFO, "Order API listening on %s%s%s:%d%s",
                  h->listen_host && strchr(h->listen_host, ':') ? "[" : "",
@@ -1228,6 +1620,47 @@ static int hp_start(void *state)
                  port, h->tls_cert ? " (TLS)" : "");
     h->host->metric_set(h->inst, "http_port", port);
     return 0;
+}
+
+/* Async: give waiting requests HP_STOP_GRACE_MS to get their real answer,
+ * answer the rest 503 (the core still owns their messages; its done() will
+ * only free the ticket), and let MHD send those answers.  MHD_stop_daemon()
+ * panics on a connection still suspended (0.9.75 close_all_connections());
+ * MHD_resume_connection() before it is enough, as stopping first moves
+ * resumed connections off the suspended list.  Hence: no new tickets, none
+ * WAITING, and no resume call still under way when this returns. */
+static void hp_stop_tickets(struct hp *h)
+{
+    int64_t until = hp_now_ms() + HP_STOP_GRACE_MS;
+    unsigned answered = 0;
+
+    pthread_mutex_lock(&h->tk_lock);
+    h->tk_closed = true;
+    while (h->tk_head != NULL && hp_now_ms() < until)
+        hp_timedwait(h, until);
+    while (h->tk_head != NULL) {
+        struct hp_result r = { .why = HP_TK_SHUTDOWN };
+        struct MHD_Connection *conn = hp_ticket_decide(h, h->tk_head, &r);
+        pthread_mutex_unlock(&h->tk_lock);
+        hp_resume(h, conn);
+        answered++;
+        pthread_mutex_lock(&h->tk_lock);
+    }
+    while (h->tk_resuming > 0)
+        pthread_cond_wait(&h->tk_cond, &h->tk_lock);
+    until = hp_now_ms() + HP_FLUSH_MS;
+    while (h->tk_requests > 0 && hp_now_ms() < until)
+        hp_timedwait(h, until);
+    h->reaper_quit = true;
+    pthread_cond_broadcast(&h->tk_cond);
+    pthread_mutex_unlock(&h->tk_lock);
+    if (h->reaper_running) {
+        pthread_join(h->reaper, NULL);
+        h->reaper_running = false;
+    }
+    if (answered > 0)
+        h->host->log(h->inst, ORDERD_LOG_WARN, "stopping: answered %u waiting request%s 503",
+                     answered, answered == 1 ? "" : "s");
 }
 
 static void hp_stop(void *state)
@@ -1242,6 +1675,8 @@ static void hp_stop(void *state)
     MHD_socket fd = MHD_quiesce_daemon(h->mhd);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
+    if (h->async)
+        hp_stop_tickets(h);
     MHD_stop_daemon(h->mhd);
     h->mhd = NULL;
     h->listen_fd = -1;
@@ -1276,6 +1711,8 @@ static void hp_destroy(void *state)
     free(h->listen_host);
     free(h->listen_port);
     pthread_mutex_destroy(&h->pend_lock);
+    pthread_cond_destroy(&h->tk_cond);
+    pthread_mutex_destroy(&h->tk_lock);
     free(h);
 }
 

@@ -1,12 +1,14 @@
-/* idem.h - the http input's durable Idempotency-Key records.
+/* idem.h - the http input's Idempotency-Key records.
  *
  * A record remembers, per key, a 128-bit hash of the exact request
  * (method, path, body) and the response that was given once the command
  * was durably submitted, so a retried request is answered the same way
  * without submitting again.  Records live in memory and in an append-only
- * file (one JSON object per line, fdatasync'd before the client is
- * answered) that is loaded and compacted when the store is opened; records
- * older than the TTL are dropped.  All functions are thread-safe.
+ * file (one JSON object per line, written before the client is answered but
+ * not flushed: a power loss may forget the newest, and the retry then yields
+ * the same command id, which the pipeline deduplicates) that is loaded and
+ * compacted when the store is opened; records older than the TTL are
+ * dropped.  All functions are thread-safe.
  */
 #ifndef HTTP_IDEM_H
 #define HTTP_IDEM_H
@@ -41,9 +43,9 @@ int http_idem_begin(struct http_idem *s, const char *key, const uint8_t rhash[16
 void http_idem_abort(struct http_idem *s, const char *key);
 
 /* HTTP_IDEM_COMMIT - store the response for a reserved key and append it
- * to the file (fdatasync).  body and location are copied.
- * RETURNS: 0, or negative errno if the record could not be made durable
- * (it is still kept in memory). */
+ * to the file (one write, no flush).  body and location are copied.
+ * RETURNS: 0, or negative errno if the record could not be written (it is
+ * still kept in memory). */
 int http_idem_commit(struct http_idem *s, const char *key, int status,
                      const char *body, const char *location);
 

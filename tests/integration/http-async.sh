@@ -1,0 +1,179 @@
+#!/bin/bash
+# The http input's event-driven path through the real daemon (plugin ABI
+# 1.1 submit_async): concurrent POSTs all answered 202 and all spooled and
+# published once; acknowledge = "processed" answers only after the stages
+# ran (testkit sleep, longer than request_timeout), 422 with the reason for
+# a dead-lettered order, 504 after acknowledge_timeout; one event thread
+# keeps many requests waiting at once; Idempotency-Key replays in both
+# modes and is released after a 422/504; stopping the daemon while
+# requests wait answers them 503.
+. "$(dirname "$0")/lib.sh"
+
+# post PORT PATH BODY [curl args...] : $PS status, $PT seconds, body in $T/post.body
+post() {
+    local port=$1 path=$2 body=$3 out; shift 3
+    out=$(curl -s -m 30 -D "$T/post.hdr" -o "$T/post.body" -w '%{http_code} %{time_total}' \
+          -H 'Content-Type: application/json' --data-binary "$body" "$@" \
+          "http://127.0.0.1:$port$path")
+    PS=${out%% *} PT=${out#* }
+}
+# need CMD... ; all DESC : DESC passes when every `need` since the last `all` did
+NEED=0
+need() { "$@" || NEED=1; }
+not() { ! "$@"; }
+all() { if [ "$NEED" -eq 0 ]; then ok "$1"; else fail "$1"; fi; NEED=0; }
+slower() { awk -v t="$1" -v m="$2" 'BEGIN { exit !(t >= m) }'; }   # slower T MIN_S
+faster() { awk -v t="$1" -v m="$2" 'BEGIN { exit !(t < m) }'; }    # faster T MAX_S
+api_port() {   # api_port PIPELINE : the Order API port of that pipeline
+    curl -s "http://127.0.0.1:$ODPORT/metrics" |
+        sed -n "s/^orderd_plugin_http_port{pipeline=\"$1\"[^}]*} \\([0-9]*\\)\$/\\1/p"
+}
+
+# concurrent PORT N PARALLEL PREFIX : N POSTs of ids PREFIX<i> over PARALLEL
+# connections at once; prints "<count of 202> <seconds>"
+concurrent() {
+    python3 - "$@" <<'PY'
+import http.client, sys, threading, time
+port, n, par, prefix = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ok = [0]
+lock = threading.Lock()
+def run(k):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for i in range(k, n, par):
+        conn.request("POST", "/orders", body='{"id":"%s%d","n":%d}' % (prefix, i, i),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        if r.status == 202:
+            with lock:
+                ok[0] += 1
+        else:
+            print("status %d for %s%d" % (r.status, prefix, i), file=sys.stderr)
+    conn.close()
+t0 = time.monotonic()
+ts = [threading.Thread(target=run, args=(k,)) for k in range(par)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(ok[0], "%.3f" % (time.monotonic() - t0))
+PY
+}
+
+ids_once() {   # ids_once FILE PREFIX N : PREFIX0..PREFIX<N-1> each published exactly once
+    local got
+    got=$(grep -o "\"id\":\"$2[0-9]*\"" "$1" | sort | uniq -c | awk '$1 == 1' | wc -l)
+    [ "$got" -eq "$3" ] && [ "$(grep -c "\"id\":\"$2" "$1")" -eq "$3" ] ||
+        { echo "ids_once $1: $got of $3 exactly once" >&2; return 1; }
+}
+
+pipeline() {   # pipeline NAME 'HTTP KEYS' 'OTHER SECTIONS'
+    printf '{ name = "%s";\n  input = { plugin = "http"; listen = "127.0.0.1:0"; %s };\n  %s\n  publish = ( { plugin = "file"; path = "%s/%s.ndjson"; } ); }' \
+        "$1" "$2" "$3" "$T" "$1"
+}
+cat > "$T/a.conf" <<CONF
+state_dir = "$T/state";
+admin = { listen = "127.0.0.1:0"; };
+workers = 2;
+retry = { max_attempts = 2; backoff_base = "2ms"; backoff_cap = "10ms"; };
+pipelines = (
+$(pipeline durable 'threads = 2;' 'spool = { sync = true; };'),
+$(pipeline slow 'threads = 2; acknowledge = "processed"; request_timeout = "1s";' 'spool = { sync = true; };
+  transforms = ( { plugin = "testkit"; sleep = "1500ms"; } );'),
+$(pipeline reject 'threads = 2; acknowledge = "processed";' '
+  transforms = ( { plugin = "testkit"; reject_field = "poison"; reject_reason = "poison order refused"; } );'),
+$(pipeline late 'threads = 2; acknowledge = "processed"; acknowledge_timeout = "300ms";' 'spool = { sync = true; };
+  transforms = ( { plugin = "testkit"; sleep = "1500ms"; } );'),
+$(pipeline parked 'threads = 1; acknowledge = "processed";' 'spool = { sync = true; };
+  transforms = ( { plugin = "testkit"; pending = true; pending_delay = "1s"; } );')
+);
+CONF
+start_orderd a "$T/a.conf" || finish
+for p in durable slow reject late parked; do
+    declare "PORT_$p=$(api_port $p)"
+done
+need [ -n "$PORT_durable" ]; need [ -n "$PORT_slow" ]; need [ -n "$PORT_reject" ]; need [ -n "$PORT_late" ]; need [ -n "$PORT_parked" ]
+all "every pipeline has an Order API port"
+
+# ---- acknowledge = "accepted": many requests in flight on 2 threads ----
+read -r n202 secs < <(concurrent "$PORT_durable" 400 40 d)
+check "400 concurrent POSTs all answered 202 ($secs s)" [ "$n202" -eq 400 ]
+check "all 400 published exactly once" wait_until 30 ids_once "$T/durable.ndjson" d 400
+post "$PORT_durable" /orders '{"id":"k1"}' -H 'Idempotency-Key: key-accepted'
+need [ "$PS" = 202 ]; need grep -q '"status":"accepted"' "$T/post.body"
+all "accepted: keyed POST 202"
+post "$PORT_durable" /orders '{"id":"k1"}' -H 'Idempotency-Key: key-accepted'
+need [ "$PS" = 202 ]; need grep -qi '^Idempotent-Replayed: true' "$T/post.hdr"
+all "accepted: Idempotency-Key replayed"
+
+# ---- acknowledge = "processed" ----
+post "$PORT_slow" /orders '{"id":"s1"}'
+# (request_timeout = 1s: a suspended request is not an idle connection)
+need [ "$PS" = 202 ]; need slower "$PT" 1.5
+all "processed: 202 only after the 1.5 s stage ran ($PT s)"
+check "processed: says processed" grep -q '"id":"s1","status":"processed"' "$T/post.body"
+check "processed: published before the answer" grep -q '"id":"s1"' "$T/slow.ndjson"
+post "$PORT_slow" /orders/s1/pay '{}' -H 'Idempotency-Key: key-processed'
+need [ "$PS" = 202 ]; need grep -q '"command":"pay","status":"processed"' "$T/post.body"
+all "processed: command 202"
+post "$PORT_slow" /orders/s1/pay '{}' -H 'Idempotency-Key: key-processed'
+need [ "$PS" = 202 ]; need grep -qi '^Idempotent-Replayed: true' "$T/post.hdr"; need faster "$PT" 0.5
+all "processed: Idempotency-Key replayed at once ($PT s)"
+
+post "$PORT_reject" /orders '{"id":"r1","poison":true}' -H 'Idempotency-Key: key-reject'
+need [ "$PS" = 422 ]; need grep -qi '^Content-Type: application/problem+json' "$T/post.hdr"
+all "processed: dead-lettered order gets 422"
+check "processed: 422 carries the reason" grep -q '"detail":"poison order refused"' "$T/post.body"
+post "$PORT_reject" /orders '{"id":"r1","poison":true}' -H 'Idempotency-Key: key-reject'
+need [ "$PS" = 422 ]; need not grep -qi '^Idempotent-Replayed' "$T/post.hdr"
+all "processed: key released after 422 (runs again, not replayed)"
+post "$PORT_reject" /orders '{"id":"r2"}'
+check "processed: a good order beside it is 202" [ "$PS" = 202 ]
+
+post "$PORT_late" /orders '{"id":"l1"}' -H 'Idempotency-Key: key-late'
+need [ "$PS" = 504 ]; need slower "$PT" 0.3; need faster "$PT" 1.4
+all "processed: 504 after acknowledge_timeout ($PT s)"
+check "processed: 504 says it may still be processed" grep -q 'may still be processed' "$T/post.body"
+post "$PORT_late" /orders '{"id":"l1"}' -H 'Idempotency-Key: key-late'
+check "processed: key released after 504 (not 409)" [ "$PS" = 504 ]
+check "processed: the late order still completes" wait_until 10 grep -q '"id":"l1"' "$T/late.ndjson"
+
+# One event thread, 20 requests parked at once for a 1 s settle: a thread
+# blocked per request would need 20 s.
+read -r n202 secs < <(concurrent "$PORT_parked" 20 20 p)
+need [ "$n202" -eq 20 ]; need faster "$secs" 8
+all "one thread: 20 parked requests all 202 in $secs s"
+stop_orderd
+check "daemon exited cleanly" [ "$ODRC" -eq 0 ]
+
+# ---- stop while requests wait for their outcome ----
+cat > "$T/b.conf" <<CONF
+state_dir = "$T/state-b";
+admin = { listen = "127.0.0.1:0"; };
+workers = 4;
+pipelines = (
+$(pipeline waiting 'threads = 2; acknowledge = "processed";' 'spool = { sync = true; };
+  transforms = ( { plugin = "testkit"; pending = true; pending_delay = "5s"; } );')
+);
+CONF
+start_orderd b "$T/b.conf" || finish
+PORT_waiting=$(api_port waiting)
+WPIDS=()
+for i in 1 2 3; do
+    curl -s -m 30 -o "$T/w$i.body" -w '%{http_code}' -H 'Content-Type: application/json' \
+         -H "Idempotency-Key: key-w$i" --data-binary "{\"id\":\"w$i\"}" \
+         "http://127.0.0.1:$PORT_waiting/orders" > "$T/w$i.code" &
+    WPIDS+=($!)
+done
+sleep 0.5
+t0=$(date +%s%N)
+stop_orderd
+t1=$(date +%s%N)
+wait "${WPIDS[@]}"
+check "stopping daemon exited cleanly" [ "$ODRC" -eq 0 ]
+for i in 1 2 3; do
+    need [ "$(cat "$T/w$i.code")" = 503 ]; need grep -q 'shutting down' "$T/w$i.body"
+    all "waiting request $i answered 503 ($(cat "$T/w$i.code"))"
+done
+check "the stop logged the answered waiters" grep -q 'answered 3 waiting requests 503' "$T/b.log"
+check "no sanitizer report" sh -c "! grep -q 'Sanitizer' '$T/a.log' '$T/b.log'"
+echo "stop took $(( (t1 - t0) / 1000000 )) ms"
+finish
