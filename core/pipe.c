@@ -21,6 +21,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "../plugins/common/jsondec.h"
+#include "../plugins/common/jsonenc.h"
 #include "dlq.h"
 #include "loader.h"
 #include "log.h"
@@ -707,10 +709,10 @@ static int admit_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int 
 }
 
 /* m as a spool record (JSON text), or NULL without memory. */
-static char *msg_record(orderd_msg *m)
+static char *msg_record(orderd_msg *m, size_t *len)
 {
     json_t *j = od_msg_to_json(m);
-    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+    char *text = j ? jenc_dumps(j, len) : NULL;
 
     json_decref(j);
     return text;
@@ -727,17 +729,18 @@ int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
     m->origin = &p->input;
     if (p->spool) {
         char *text;
+        size_t len;
         uint64_t seq;
 
         if (!p->accepting) {
             od_msg_free(m);
             return -ESHUTDOWN;
         }
-        text = msg_record(m);
+        text = msg_record(m, &len);
         od_msg_free(m);
         if (text == NULL)
             return -ENOMEM;
-        rc = od_spool_append(p->spool, text, strlen(text), &seq);
+        rc = od_spool_append(p->spool, text, len, &seq);
         free(text);
         atomic_fetch_add_explicit(&inst->metrics.in, 1, memory_order_relaxed);
         if (rc == 0)
@@ -802,12 +805,13 @@ int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags
     if (p->spool) {
         struct od_waiter *w;
         char *text;
+        size_t len;
 
         if (!p->accepting) {
             od_msg_free(m);
             return -ESHUTDOWN;
         }
-        text = msg_record(m);
+        text = msg_record(m, &len);
         od_msg_free(m);
         w = text ? malloc(sizeof(*w)) : NULL;
         if (w == NULL) {
@@ -816,12 +820,12 @@ int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags
         }
         *w = (struct od_waiter){ .p = p, .done = done, .arg = arg };
         if (!outcome) {
-            rc = od_spool_append_async(p->spool, text, strlen(text), spooled, w, &w->seq);
+            rc = od_spool_append_async(p->spool, text, len, spooled, w, &w->seq);
         } else {
             /* Filed before the reader can see the record: finish() takes
              * wmu too, so it cannot look before w is in the table. */
             pthread_mutex_lock(&p->wmu);
-            rc = od_spool_append_async(p->spool, text, strlen(text), spooled_outcome, w, &w->seq);
+            rc = od_spool_append_async(p->spool, text, len, spooled_outcome, w, &w->seq);
             if (rc == 0) {
                 struct od_waiter **b = &p->waiters[w->seq % OD_WAIT_BUCKETS];
                 w->next = *b;
@@ -883,7 +887,7 @@ static void *spool_reader_main(void *arg)
             continue;
         if (rc < 0)
             break;
-        j = json_loadb(data, len, 0, NULL);
+        j = jdec_loadb(data, len, NULL);
         free(data);
         m = j ? od_msg_from_json(j) : NULL;
         json_decref(j);

@@ -8,12 +8,17 @@
 #include <errno.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <math.h>
 #include <sqlite3.h>
+
+#include "../plugins/common/jsondec.h"
+#include "../plugins/common/jsonenc.h"
 
 #include "harness.h"
 
@@ -175,8 +180,9 @@ START_TEST(test_store_appends_events)
 END_TEST
 
 /* The stored event text is exactly the body's compact encoding (the store
- * splices the already-encoded snapshot in when it is the last key), and
- * the snapshot row is the snapshot's own encoding. */
+ * encodes the event once and stores the snapshot's bytes from inside it,
+ * wherever the key is), and the snapshot row is the snapshot's own
+ * encoding. */
 START_TEST(test_store_event_text_exact)
 {
     static const char *const bodies[] = {
@@ -219,6 +225,172 @@ START_TEST(test_store_event_text_exact)
     }
     sqlite3_close(db);
     th_stage_free(s);
+}
+END_TEST
+
+/* jenc_dump() (the store's, webhook's and file's encoder) writes what
+ * json_dumps(JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY)
+ * writes, byte for byte: escapes, NUL in strings, key order, integers at
+ * the limits, and reals both on its whole-cents path and off it. */
+static void
+jenc_same(json_t *v)
+{
+    char  *want = json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY);
+    size_t len = 0;
+    char  *got = jenc_dumps(v, &len);
+
+    ck_assert_ptr_nonnull(want);
+    ck_assert_ptr_nonnull(got);
+    ck_assert_str_eq(got, want);
+    ck_assert_uint_eq(len, strlen(want));
+    free(want);
+    free(got);
+    json_decref(v);
+}
+
+START_TEST(test_jsonenc_matches_jansson)
+{
+    static const double reals[] = {
+        19.99, 249.5, 3.25, 305.73, -0.1, 0.05, -0.05, 1.0, -3.0, 0.0, -0.0, 0.001, 1e-5,
+        123456789012.34, 9999999999999.99, 1e13, 1e15, 1e16, 1e22, 1e300, -1e-300,
+        0.1 + 0.2, 1.0 / 3.0, 2.5e-7, 4.9e-324, 1.7976931348623157e308, 100.0, 0.3,
+    };
+    json_t  *deep, *o;
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    size_t   i;
+    char     ctl[40];
+
+    for (i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
+        jenc_same(json_real(reals[i]));
+    /* pseudo-random cents and arbitrary bit patterns */
+    for (i = 0; i < 200000; i++) {
+        double d;
+
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if (i % 2 == 0) {
+            d = (double) ((int64_t) (x % 2000000001) - 1000000000) / 100.0;
+        } else {
+            memcpy(&d, &x, sizeof(d));
+            if (!isfinite(d))
+                continue;
+        }
+        jenc_same(json_real(d));
+    }
+    for (i = 0; i < 32; i++)
+        ctl[i] = (char) (i + 1 < 32 ? i + 1 : 0x7f);
+    ctl[32] = '\0';
+    jenc_same(json_string(ctl));
+    jenc_same(json_string("quote \" backslash \\ slash / caf\xc3\xa9 \xf0\x9f\x98\x80"));
+    jenc_same(json_stringn("a\0b", 3));
+    jenc_same(json_string(""));
+    jenc_same(json_integer(0));
+    jenc_same(json_integer(INT64_MAX));
+    jenc_same(json_integer(INT64_MIN));
+    jenc_same(json_true());
+    jenc_same(json_false());
+    jenc_same(json_null());
+    jenc_same(json_loads("{\"z\":1,\"a\":[],\"m\":{},\"k\\\"\\n\":[null,true,{\"x\":[1.5,\"\\u0001\"]}]}",
+                         0, NULL));
+    o = json_object();
+    json_object_set_new(o, "b", json_integer(1));
+    json_object_set_new(o, "a", json_integer(2));
+    json_object_del(o, "b");
+    json_object_set_new(o, "b", json_integer(3));
+    jenc_same(o);
+
+    /* nested too deep (a reference cycle would be infinitely deep): refused */
+    deep = json_array();
+    for (i = 0; i < 3000; i++) {
+        json_t *outer = json_array();
+
+        json_array_append_new(outer, deep);
+        deep = outer;
+    }
+    ck_assert_ptr_null(jenc_dumps(deep, NULL));
+    json_decref(deep);
+    ck_assert_ptr_null(jenc_dumps(NULL, NULL));
+}
+END_TEST
+
+/* jdec_loadb() (the feed's and lookups' parser) gives what
+ * json_loadb(JSON_DECODE_ANY) gives: the same value, or NULL with an error
+ * for what jansson refuses, on edge cases and on mutated documents. */
+static void
+jdec_same(const char *text, size_t n)
+{
+    json_error_t e1, e2;
+    json_t      *want = json_loadb(text, n, JSON_DECODE_ANY, &e1);
+    json_t      *got = jdec_loadb(text, n, &e2);
+
+    ck_assert_msg((want == NULL) == (got == NULL), "jansson %s, jdec %s: %.*s",
+                  want ? "accepts" : "refuses", got ? "accepts" : "refuses", (int) n, text);
+    if (want != NULL) {
+        char *a = json_dumps(want, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17));
+        char *b = json_dumps(got, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17));
+
+        ck_assert_str_eq(b, a);
+        free(a);
+        free(b);
+    } else {
+        ck_assert_str_eq(e2.text, e1.text);
+    }
+    json_decref(want);
+    json_decref(got);
+}
+
+START_TEST(test_jsondec_matches_jansson)
+{
+    static const char *const cases[] = {
+        "1", "-0", "0.5", "1e400", "-1e400", "1e-400", "9223372036854775807",
+        "9223372036854775808", "-9223372036854775808", "-9223372036854775809", "01", "1.",
+        "-", "1E2", "1e+2", "-0.0e-0", ".5", "+1", "\"\\u0000\"", "\"\\ud83d\\ude00\"",
+        "\"\\udc00\"", "\"\\ud800\"", "\"\\ud800x\"", "\"a\\/b\\b\\f\\n\\r\\t\"", "\"\\x\"",
+        "\"\xed\xa0\x80\"", "\"\xc0\xaf\"", "\"\xf4\x90\x80\x80\"", "\"\xe2\x82\xac\"",
+        "\"\xe2\x82\"", "\"\x7f\"", "\"\t\"", "\"open", "{\"a\":1,\"a\":2}",
+        "{\"a\\u00e9\":[1,2,{}]}", " [ ] ", "[1,]", "{,}", "{\"a\":}", "{\"a\" 1}",
+        "{\"a\" : 1 , \"b\":[true,false,null]}", "tru", "nul", "falsey", "1 2", "",
+        "   ", "{\"k\\n\":\"v\\\"\"}", "[[[[[]]]]]", "{\"esc\\u00e9key\":{\"esc\\tkey2\":1}}",
+    };
+    static const char event[] =
+        "{\"id\":\"evt-1\",\"type\":\"OrderCreated\",\"orderId\":\"o-1\",\"version\":1,"
+        "\"data\":{\"items\":[{\"sku\":\"S-1\",\"qty\":2,\"price\":19.99}],\"note\":\"caf\xc3\xa9\"},"
+        "\"snapshot\":{\"id\":\"o-1\",\"status\":\"created\",\"totals\":{\"subtotal\":39.98}}}";
+    static const char alphabet[] = "{}[]\",:\\u0123456789.eE+-tfn a\x01\xff\xc3";
+    uint64_t x = 0x2545f4914f6cdd1dULL;
+    char     m[sizeof(event)], *deep;
+    size_t   i, n = sizeof(event) - 1;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        jdec_same(cases[i], strlen(cases[i]));
+    jdec_same(event, n);
+
+    /* deeper than jansson's 2048 levels: both refuse */
+    deep = malloc(6001);
+    ck_assert_ptr_nonnull(deep);
+    for (i = 0; i < 3000; i++) {
+        deep[i] = '[';
+        deep[5999 - i] = ']';
+    }
+    jdec_same(deep, 6000);
+    jdec_same(deep + 1000, 4000);
+    free(deep);
+
+    /* mutations and truncations of a stored event */
+    for (i = 0; i < 20000; i++) {
+        int k;
+
+        memcpy(m, event, n);
+        for (k = 0; k < 1 + (int) (i % 3); k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            m[x % n] = alphabet[(x >> 20) % (sizeof(alphabet) - 1)];
+        }
+        jdec_same(m, n);
+        jdec_same(m, (size_t) (x >> 32) % n);
+    }
 }
 END_TEST
 
@@ -768,6 +940,8 @@ sqlite_suite(void)
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_store_appends_events);
     tcase_add_test(tc, test_store_event_text_exact);
+    tcase_add_test(tc, test_jsonenc_matches_jansson);
+    tcase_add_test(tc, test_jsondec_matches_jansson);
     tcase_add_test(tc, test_store_duplicate_is_noop);
     tcase_add_test(tc, test_store_older_version_keeps_snapshot);
     tcase_add_test(tc, test_store_rejects_bad_message_only);

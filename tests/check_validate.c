@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <check.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,50 @@ START_TEST(test_bad_schema_compile)
 }
 END_TEST
 
+/* Simple patterns (^[set]+$ and the like) are checked without regexec():
+ * the verdict must be regexec()'s for every pattern and string here,
+ * including the forms that fall back to the regex. */
+START_TEST(test_pattern_fast_path_agrees)
+{
+    static const char *const patterns[] = {
+        "^[A-Za-z0-9._:-]+$", "^[A-Z]{3}$", "^[A-Z]{2}$", "^[a-z]*$", "^[0-9]{2,4}$",
+        "^[0-9]{2,}$", "^[-a]+$", "^[a-]+$", "^[.]+$", "^[A-Z]{0}$", "^[a-z]+", "[a-z]+$",
+        "^[^a-z]+$", "^[[:alpha:]]+$", "^[a-z]+$|x", "^[a-z]{1,2}x$", "^[ab-]{1,3}$", "^[a-c]+$",
+    };
+    static const char *const strings[] = {
+        "", "a", "abc", "ABC", "EUR", "eur", "EURO", "DE", "D", "12", "123", "12345", "a-b",
+        "-", "--", ".", "a.b:c_d-e", "a b", "caf\xc3\xa9", "AB\n", "\nAB", "x", "abx", "ax",
+        "ord-1:2.3_4", "[a]", "a^b", "A\tB",
+    };
+    size_t i, j;
+
+    for (i = 0; i < sizeof(patterns) / sizeof(patterns[0]); i++) {
+        char err[512], sch[128];
+        json_t *schema;
+        jsonschema *js;
+        regex_t re;
+
+        snprintf(sch, sizeof(sch), "{\"type\":\"string\",\"pattern\":\"%s\"}", patterns[i]);
+        schema = parse(sch);
+        js = jsonschema_compile(schema, err, sizeof(err));
+        ck_assert_msg(js != NULL, "%s: %s", patterns[i], err);
+        ck_assert_int_eq(regcomp(&re, patterns[i], REG_EXTENDED | REG_NOSUB), 0);
+        for (j = 0; j < sizeof(strings) / sizeof(strings[0]); j++) {
+            json_t *v = json_string(strings[j]);
+            int want = regexec(&re, strings[j], 0, NULL, 0) == 0;
+            int got = jsonschema_validate(js, v, err, sizeof(err)) == 0;
+
+            ck_assert_msg(got == want, "pattern %s, \"%s\": regexec says %d, validate %d",
+                          patterns[i], strings[j], want, got);
+            json_decref(v);
+        }
+        regfree(&re);
+        jsonschema_free(js);
+        json_decref(schema);
+    }
+}
+END_TEST
+
 /* ---- the plugin ---- */
 
 static struct th_stage *shipped_stage(void)
@@ -248,6 +293,7 @@ int main(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("plugin");
     tcase_add_checked_fixture(tc, NULL, th_cleanup);
+    tcase_add_test(tc, test_pattern_fast_path_agrees);
     tcase_add_test(tc, test_shipped_schema);
     tcase_add_test(tc, test_commands);
     tcase_add_test(tc, test_bad_schema_file);

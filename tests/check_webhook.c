@@ -30,6 +30,7 @@
 #include <openssl/hmac.h>
 
 #include "harness.h"
+#include "../plugins/webhook/webhook.h"
 
 #define WAIT_MS 15000
 
@@ -356,6 +357,74 @@ closed_port(void)
     return ntohs(a.sin_port);
 }
 
+
+/* Publish n events evt-<prefix><first..first+n-1> of one order in one batch. */
+static void
+publish_batch(struct th_stage *s, const char *prefix, int first, int n)
+{
+    orderd_msg *m[64];
+    orderd_result res[64];
+    char id[32];
+    int i;
+
+    ck_assert_int_le(n, 64);
+    for (i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "evt-%s%d", prefix, first + i);
+        m[i] = event(id, "OrderPaid", "ord-b", first + i + 1);
+    }
+    ck_assert_int_eq(th_process_batch(s, m, (size_t) n, res), 0);
+    for (i = 0; i < n; i++) {
+        ck_assert_int_eq(res[i].outcome, ORDERD_OK);
+        th_msg_free(m[i]);
+    }
+}
+
+/* The event ids of one request, in body order (a batch array or one event). */
+static json_t *
+ids_of(json_t *req)
+{
+    json_t *b = body_of(req), *ids = json_array(), *e;
+    size_t i;
+
+    if (json_is_array(b)) {
+        json_array_foreach(b, i, e)
+            json_array_append(ids, json_object_get(e, "id"));
+    } else {
+        json_array_append(ids, json_object_get(b, "id"));
+    }
+    json_decref(b);
+    return ids;
+}
+
+/* Every id the receiver acknowledged (2xx) must be evt-<prefix>first.. in
+ * order, each exactly once, and nothing else. */
+static void
+check_delivered_once(struct rcv *r, const char *prefix, int first, int n)
+{
+    json_t *reqs = rcv_requests(r, 0), *req;
+    char want[32];
+    int next = first;
+    size_t i, j;
+
+    json_array_foreach(reqs, i, req) {
+        int st = (int) json_integer_value(json_object_get(req, "status"));
+        json_t *ids, *id;
+
+        if (st < 200 || st > 299)
+            continue;
+        ids = ids_of(req);
+        json_array_foreach(ids, j, id) {
+            snprintf(want, sizeof(want), "evt-%s%d", prefix, next);
+            ck_assert_msg(next < first + n, "extra event %s delivered", json_string_value(id));
+            ck_assert_str_eq(json_string_value(id), want);
+            next++;
+        }
+        json_decref(ids);
+    }
+    ck_assert_int_eq(next, first + n);
+    json_decref(reqs);
+}
+
 /* ------------------------------------------------------------------------- */
 
 START_TEST(test_fanout_formats)
@@ -376,7 +445,7 @@ START_TEST(test_fanout_formats)
              "subscribers = ("
              " { name = \"ce\"; url = \"http://127.0.0.1:%d/hook/ce\"; secret = \"s3cret\";"
              "   headers = [\"X-Api-Key: k1\", \"X-Tenant: t-9\"]; },"
-             " { name = \"eg\"; url = \"http://127.0.0.1:%d/hook/eg\"; format = \"eventgrid\";"
+             " { name = \"eg\"; url = \"http://127.0.0.1:%d/hook/eg\"; format = \"eventgrid\"; batch_max = 1;"
              "   signature_header = \"X-Sig\"; },"
              " { name = \"paid\"; url = \"http://127.0.0.1:%d/hook/paid\"; batch_max = 10;"
              "   event_types = [\"OrderPaid\", \"OrderShipped\"]; } );",
@@ -819,6 +888,280 @@ START_TEST(test_restart_resumes)
 }
 END_TEST
 
+/* Event Grid subscribers batch by default (their payload is an array
+ * anyway): a backlog goes out in few POSTs, every event once and in order.
+ * CloudEvents ones stay in structured mode unless batch_max is set
+ * (test_fanout_formats), and batch as application/cloudevents-batch+json
+ * when it is (test_batch_max_request_size). */
+START_TEST(test_batch_default)
+{
+    struct rcv *r = rcv_start("bd", 200);
+    char conf[512];
+    struct th_stage *s;
+    json_t *reqs, *req;
+    size_t i;
+
+    /* Slow answers let a backlog build up behind the first POST. */
+    rcv_control(r, "{\"delay\": 0.2}");
+    snprintf(conf, sizeof(conf),
+             "queue_dir = \"q\"; format = \"eventgrid\";"
+             "subscribers = ( { name = \"b\"; url = \"http://127.0.0.1:%d/\"; } );", r->port);
+    s = th_stage_new("webhook", ORDERD_PUBLISH, conf);
+    for (i = 0; i < 4; i++)
+        publish_batch(s, "", (int) i * 30, 30);
+    metric_wait(s, "webhook_delivered", 120);
+    metric_wait(s, "webhook_backlog", 0);
+    reqs = rcv_requests(r, 0);
+    ck_assert_msg(json_array_size(reqs) <= 8, "120 events took %zu POSTs",
+                  json_array_size(reqs));
+    json_array_foreach(reqs, i, req) {
+        json_t *b = body_of(req);
+
+        ck_assert_str_eq(header(req, "Content-Type"), "application/json");
+        ck_assert(json_is_array(b));
+        ck_assert_uint_le(json_array_size(b), 100);
+        json_decref(b);
+    }
+    json_decref(reqs);
+    check_delivered_once(r, "", 0, 120);
+    ck_assert(th_metric(s, "webhook_failed_attempts") == 0);
+    th_stage_free(s);
+}
+END_TEST
+
+/* max_request_size bounds a batch's body; a bigger event still goes, alone. */
+START_TEST(test_batch_max_request_size)
+{
+    struct rcv *r = rcv_start("bs", 200);
+    const orderd_host *h = th_host();
+    char conf[512], big[3000];
+    struct th_stage *s;
+    json_t *reqs, *req;
+    orderd_msg *m;
+    size_t i, multi = 0;
+
+    rcv_control(r, "{\"delay\": 0.2}");
+    snprintf(conf, sizeof(conf),
+             "queue_dir = \"q\"; subscribers = ( { name = \"b\"; url = \"http://127.0.0.1:%d/\";"
+             " max_request_size = \"2KiB\"; batch_max = 100; } );", r->port);
+    s = th_stage_new("webhook", ORDERD_PUBLISH, conf);
+    publish_batch(s, "", 0, 20);
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    m = event("evt-20", "OrderPaid", "ord-b", 21);
+    json_object_set_new(h->msg_body(m), "blob", json_string(big));
+    ck_assert_int_eq(th_process(s, m), ORDERD_OK);
+    th_msg_free(m);
+    publish_batch(s, "", 21, 5);
+
+    metric_wait(s, "webhook_delivered", 26);
+    reqs = rcv_requests(r, 0);
+    json_array_foreach(reqs, i, req) {
+        const char *raw = json_string_value(json_object_get(req, "body"));
+        json_t *ids = ids_of(req);
+
+        ck_assert_str_eq(header(req, "Content-Type"), "application/cloudevents-batch+json");
+        if (strstr(raw, "evt-20\"") != NULL)
+            ck_assert_uint_eq(json_array_size(ids), 1);
+        else
+            ck_assert_uint_le(strlen(raw), 2048);
+        if (json_array_size(ids) > 1)
+            multi++;
+        json_decref(ids);
+    }
+    ck_assert_uint_gt(multi, 0);
+    ck_assert_uint_lt(json_array_size(reqs), 26);
+    json_decref(reqs);
+    check_delivered_once(r, "", 0, 26);
+    th_stage_free(s);
+}
+END_TEST
+
+/* A batch that failed transiently is sent again as it was: events queued
+ * meanwhile wait for the next POST; each event is delivered once. */
+START_TEST(test_batch_retry_same_events)
+{
+    struct rcv *r = rcv_start("br", 200);
+    char conf[512];
+    struct th_stage *s;
+    json_t *reqs, *req;
+    size_t i, bad = 0;
+
+    rcv_control(r, "{\"status\": 503, \"retry_after\": 1, \"count\": 2, \"then\": 200}");
+    snprintf(conf, sizeof(conf),
+             "queue_dir = \"q\"; retry_base = \"10ms\"; retry_cap = \"20ms\";"
+             "subscribers = ( { name = \"b\"; url = \"http://127.0.0.1:%d/\"; batch_max = 100; } );",
+             r->port);
+    s = th_stage_new("webhook", ORDERD_PUBLISH, conf);
+    publish_batch(s, "", 0, 5);
+    json_decref(rcv_wait(r, 1, 503));
+    publish_batch(s, "", 5, 3);
+    metric_wait(s, "webhook_delivered", 8);
+    metric_wait(s, "webhook_backlog", 0);
+
+    reqs = rcv_requests(r, 0);
+    json_array_foreach(reqs, i, req) {
+        json_t *ids = ids_of(req);
+
+        if (json_integer_value(json_object_get(req, "status")) == 503 || i == 2) {
+            /* both failures and the success after them: exactly evt-0..4 */
+            ck_assert_uint_eq(json_array_size(ids), 5);
+            ck_assert_str_eq(json_string_value(json_array_get(ids, 0)), "evt-0");
+            ck_assert_str_eq(json_string_value(json_array_get(ids, 4)), "evt-4");
+            bad += json_integer_value(json_object_get(req, "status")) == 503;
+        }
+        json_decref(ids);
+    }
+    ck_assert_uint_eq(bad, 2);
+    json_decref(reqs);
+    check_delivered_once(r, "", 0, 8);
+    ck_assert(th_metric(s, "webhook_failed_attempts") == 2);
+    ck_assert(th_metric(s, "webhook_deadlettered") == 0);
+    th_stage_free(s);
+}
+END_TEST
+
+/* A batch refused for good (400) is split until the refused event is
+ * alone: only it is dead-lettered, the others are delivered once. */
+START_TEST(test_batch_refused_is_split)
+{
+    struct rcv *r = rcv_start("bp", 200);
+    char conf[512], *dlq;
+    struct th_stage *s;
+    json_t *lines, *reqs, *req;
+    size_t i;
+
+    /* A receiver refusing whatever holds evt-0: the batch of 8, then the
+     * halves holding it (4, 2, then evt-0 alone), then it accepts. */
+    rcv_control(r, "{\"status\": 400, \"count\": 4, \"then\": 200}");
+    snprintf(conf, sizeof(conf),
+             "queue_dir = \"q\"; retry_base = \"10ms\"; retry_cap = \"20ms\";"
+             "subscribers = ( { name = \"b\"; url = \"http://127.0.0.1:%d/\"; batch_max = 100; } );",
+             r->port);
+    s = th_stage_new("webhook", ORDERD_PUBLISH, conf);
+    publish_batch(s, "", 0, 8);
+    metric_wait(s, "webhook_deadlettered", 1);
+    metric_wait(s, "webhook_delivered", 7);
+    metric_wait(s, "webhook_backlog", 0);
+
+    dlq = path_in_state("q/b.deadletter.ndjson");
+    lines = dlq_wait(dlq, 1);
+    ck_assert_uint_eq(json_array_size(lines), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(lines, 0), "id")), "evt-0");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(lines, 0), "last_status")),
+                     400);
+    json_decref(lines);
+    free(dlq);
+    ck_assert_uint_eq(th_dead_letters(s), 1);
+
+    /* every refused request held evt-0, and they shrank 8, 4, 2, 1 */
+    reqs = rcv_requests(r, 400);
+    ck_assert_uint_eq(json_array_size(reqs), 4);
+    json_array_foreach(reqs, i, req) {
+        json_t *ids = ids_of(req);
+
+        ck_assert_uint_eq(json_array_size(ids), 8u >> i);
+        ck_assert_str_eq(json_string_value(json_array_get(ids, 0)), "evt-0");
+        json_decref(ids);
+    }
+    json_decref(reqs);
+    check_delivered_once(r, "", 1, 7);
+    th_stage_free(s);
+}
+END_TEST
+
+/* max_attempts counts per event: a batch that never goes through is
+ * dead-lettered whole, each event with the attempts it had. */
+START_TEST(test_batch_max_attempts)
+{
+    struct rcv *r = rcv_start("bm", 503);
+    char conf[512], *dlq;
+    struct th_stage *s;
+    json_t *lines, *reqs, *line;
+    size_t i;
+
+    snprintf(conf, sizeof(conf),
+             "queue_dir = \"q\"; retry_base = \"10ms\"; retry_cap = \"20ms\";"
+             "subscribers = ( { name = \"b\"; url = \"http://127.0.0.1:%d/\"; max_attempts = 2;"
+             " batch_max = 100; } );",
+             r->port);
+    s = th_stage_new("webhook", ORDERD_PUBLISH, conf);
+    publish_batch(s, "", 0, 3);
+    dlq = path_in_state("q/b.deadletter.ndjson");
+    lines = dlq_wait(dlq, 3);
+    ck_assert_uint_eq(json_array_size(lines), 3);
+    json_array_foreach(lines, i, line) {
+        char want[32];
+
+        snprintf(want, sizeof(want), "evt-%zu", i);
+        ck_assert_str_eq(json_string_value(json_object_get(line, "id")), want);
+        ck_assert_int_eq(json_integer_value(json_object_get(line, "attempts")), 2);
+    }
+    json_decref(lines);
+    free(dlq);
+    metric_wait(s, "webhook_backlog", 0);
+    reqs = rcv_requests(r, 503);
+    ck_assert_uint_eq(json_array_size(reqs), 2);
+    json_decref(reqs);
+    ck_assert(th_metric(s, "webhook_deadlettered") == 3);
+    ck_assert(th_metric(s, "webhook_delivered") == 0);
+    th_stage_free(s);
+}
+END_TEST
+
+/* wh_format_event() writes the envelope member by member; its bytes must be
+ * what json_dumps() of the envelope object gives (they are what receivers
+ * sign-check and what earlier releases queued), for both formats, with and
+ * without a subject, and escapes in every attribute. */
+START_TEST(test_format_bytes)
+{
+    json_t *data = json_loads("{\"id\":\"o-1\",\"items\":[{\"price\":19.99,\"qty\":2}],"
+                              "\"note\":\"caf\\u00e9 \\\"q\\\" \\n\",\"total\":39.98,\"n\":null}",
+                              0, NULL);
+    struct wh_event_in ev = { .id = "evt-\"1\"", .type = "OrderPaid", .subject = "orders/o-1",
+                              .time = "2026-11-23T12:00:00.000Z", .data = data };
+    int fmt, with_subject;
+
+    ck_assert_ptr_nonnull(data);
+    for (fmt = 0; fmt < 2; fmt++) {
+        for (with_subject = 0; with_subject < 2; with_subject++) {
+            json_t *o = json_object();
+            char *want, *got;
+
+            ev.subject = with_subject ? "orders/o-1\t" : NULL;
+            if (fmt == WH_FMT_EVENTGRID) {
+                json_object_set_new(o, "id", json_string(ev.id));
+                json_object_set_new(o, "eventType", json_string(ev.type));
+                json_object_set_new(o, "subject", json_string(ev.subject ? ev.subject : ""));
+                json_object_set_new(o, "eventTime", json_string(ev.time));
+                json_object_set_new(o, "dataVersion", json_string("1"));
+            } else {
+                json_object_set_new(o, "specversion", json_string("1.0"));
+                json_object_set_new(o, "id", json_string(ev.id));
+                json_object_set_new(o, "source", json_string("/src\\x"));
+                json_object_set_new(o, "type", json_string(ev.type));
+                if (ev.subject != NULL)
+                    json_object_set_new(o, "subject", json_string(ev.subject));
+                json_object_set_new(o, "time", json_string(ev.time));
+                json_object_set_new(o, "datacontenttype", json_string("application/json"));
+            }
+            json_object_set(o, "data", data);
+            want = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_PRESERVE_ORDER);
+            got = wh_format_event((wh_format) fmt, "/src\\x", &ev);
+            ck_assert_ptr_nonnull(got);
+            ck_assert_str_eq(got, want);
+            free(want);
+            free(got);
+            json_decref(o);
+        }
+    }
+    /* an id that is not UTF-8 cannot be sent */
+    ev.id = "evt-\xff";
+    ck_assert_ptr_null(wh_format_event(WH_FMT_CLOUDEVENTS, "/src", &ev));
+    json_decref(data);
+}
+END_TEST
+
 START_TEST(test_stop_is_fast_while_receiver_hangs)
 {
     struct rcv *r = rcv_start("hang", 200);
@@ -862,6 +1205,9 @@ START_TEST(test_bad_config)
         "subscribers = ( { name = \"a\"; url = \"http://127.0.0.1:1/\"; batch_max = 0; } );",
         err, sizeof(err)));
     ck_assert_ptr_null(th_stage_try("webhook", ORDERD_PUBLISH,
+        "subscribers = ( { name = \"a\"; url = \"http://127.0.0.1:1/\"; max_request_size = 10; } );",
+        err, sizeof(err)));
+    ck_assert_ptr_null(th_stage_try("webhook", ORDERD_PUBLISH,
         "insecure = true; subscribers = ( { name = \"a\"; url = \"http://127.0.0.1:1/\"; } );",
         err, sizeof(err)));
 }
@@ -883,6 +1229,12 @@ webhook_suite(void)
     tcase_add_test(tc, test_ttl_expires);
     tcase_add_test(tc, test_retry_after_honoured);
     tcase_add_test(tc, test_restart_resumes);
+    tcase_add_test(tc, test_format_bytes);
+    tcase_add_test(tc, test_batch_default);
+    tcase_add_test(tc, test_batch_max_request_size);
+    tcase_add_test(tc, test_batch_retry_same_events);
+    tcase_add_test(tc, test_batch_refused_is_split);
+    tcase_add_test(tc, test_batch_max_attempts);
     tcase_add_test(tc, test_stop_is_fast_while_receiver_hangs);
     tcase_add_test(tc, test_bad_config);
     suite_add_tcase(s, tc);

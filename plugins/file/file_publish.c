@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/jsonenc.h"
 #include "file.h"
 
 enum { FP_ALWAYS, FP_INTERVAL, FP_NEVER };
@@ -45,11 +46,6 @@ struct fp {
     int                 has_timer;
 };
 
-/* A growing byte buffer for the lines of one call. */
-struct fp_buf {
-    char   *p;
-    size_t  len, cap;
-};
 
 /* Reasons handed back in orderd_result must outlive the call; one per thread. */
 static __thread char fp_reason[256];
@@ -80,44 +76,23 @@ fp_envelope(const orderd_host *h, orderd_msg *m)
     return o;
 }
 
-/* Append m's line to b.  RETURNS 0, or -EINVAL when m cannot be written as
- * JSON (e.g. a property that is not UTF-8), or -ENOMEM. */
+/* Append m's line to b, encoded in place (jenc_dump: json_dumps() bytes
+ * without its per-call buffer and copy).  RETURNS 0, or -EINVAL when m
+ * cannot be written as JSON (e.g. a property that is not UTF-8), or -ENOMEM. */
 static int
-fp_encode(const struct fp *fp, orderd_msg *m, struct fp_buf *b)
+fp_encode(const struct fp *fp, orderd_msg *m, struct jenc_buf *b)
 {
     json_t *j = fp->envelope ? fp_envelope(fp->h, m) : json_incref(fp->h->msg_body(m));
-    char *s = NULL;
-    int rc = 0;
+    size_t before = b->len;
+    int rc;
 
     if (j == NULL && !fp->envelope)
         j = json_null();
-    if (j == NULL) {
-        rc = -EINVAL;
-        goto out;
-    }
-    s = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY);
-    if (s == NULL) {
-        rc = -EINVAL;
-        goto out;
-    }
-    size_t n = strlen(s);
-    if (b->len + n + 1 > b->cap) {
-        size_t ncap = b->cap ? b->cap : 4096;
-        while (ncap < b->len + n + 1)
-            ncap *= 2;
-        char *np = realloc(b->p, ncap);
-        if (np == NULL) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        b->p = np;
-        b->cap = ncap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->p[b->len + n] = '\n';
-    b->len += n + 1;
-out:
-    free(s);
+    if (j == NULL)
+        return -EINVAL;
+    rc = jenc_dump(b, j);
+    if (rc == 0 && (rc = jenc_put(b, "\n", 1)) != 0)
+        b->len = before;    /* never half a line in the batch's buffer */
     json_decref(j);
     return rc;
 }
@@ -126,7 +101,7 @@ out:
  * file never keeps half a line that the retry would then follow.
  * RETURNS 0 or negative errno. */
 static int
-fp_write(struct fp *fp, const struct fp_buf *b)
+fp_write(struct fp *fp, const struct jenc_buf *b)
 {
     struct stat st;
     int rc = 0;
@@ -195,7 +170,7 @@ static orderd_outcome
 fp_process(void *state, orderd_msg *m)
 {
     struct fp *fp = state;
-    struct fp_buf b = { 0 };
+    struct jenc_buf b = { 0 };
     orderd_outcome o = ORDERD_OK;
 
     int rc = fp_encode(fp, m, &b);
@@ -213,7 +188,7 @@ static int
 fp_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result *out)
 {
     struct fp *fp = state;
-    struct fp_buf b = { 0 };
+    struct jenc_buf b = { 0 };
 
     for (size_t i = 0; i < n; i++) {
         int rc = fp_encode(fp, msgs[i], &b);

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/jsondec.h"
 #include "sq.h"
 
 struct sqf_slot {
@@ -319,7 +320,7 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
     orderd_msg        *m;
     int                ret, bad = 0;
 
-    body = json_loads(r->raw, JSON_DECODE_ANY, &jerr);
+    body = jdec_loadb(r->raw, strlen(r->raw), &jerr);
     if (body == NULL) {
         /* cannot happen through the store; a hand-edited row goes to the dead letters */
         bad = 1;

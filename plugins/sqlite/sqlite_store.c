@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/jsondec.h"
+#include "../common/jsonenc.h"
 #include "sq.h"
 
 #define SQS_MAX_READERS 64
@@ -43,6 +45,7 @@ struct sqs {
     sqlite3_stmt        *sp_begin;
     sqlite3_stmt        *sp_release;
     sqlite3_stmt        *sp_rollback;
+    struct jenc_buf      enc;       /* one message's text at a time; under wlock */
 
     pthread_mutex_t      rlock;     /* the reader pool */
     pthread_cond_t       rcond;
@@ -60,8 +63,10 @@ struct sqs_rec {
     const char *type;
     const char *time;
     const char *status;
-    char       *event_txt;
-    char       *snap_txt;
+    const char *event_txt;  /* into sqs.enc, or NULL for a document */
+    size_t      event_len;
+    const char *snap_txt;   /* into sqs.enc: inside event_txt for an event */
+    size_t      snap_len;
 };
 
 static const orderd_option sqs_options[] = {
@@ -182,8 +187,8 @@ sqs_lookup(void *state, const char *key, json_t **out)
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
-        *out = json_loadb((const char *) sqlite3_column_text(st, 0),
-                          (size_t) sqlite3_column_bytes(st, 0), JSON_DECODE_ANY, &jerr);
+        *out = jdec_loadb((const char *) sqlite3_column_text(st, 0),
+                          (size_t) sqlite3_column_bytes(st, 0), &jerr);
         if (*out == NULL) {
             s->h->log(s->inst, ORDERD_LOG_ERR, "sqlite: %s: stored document '%s' is not JSON: %s",
                       s->path, key, jerr.text);
@@ -203,51 +208,43 @@ sqs_lookup(void *state, const char *key, json_t **out)
     return ret;
 }
 
-#define SQS_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
-
-/* The event body as text, given its snapshot already encoded.  When
- * "snapshot" is the body's last key (the orders transform puts it there)
- * the snapshot text is spliced in instead of encoded a second time: it is
- * the bulk of the event, and encoding it twice was a measurable share of
- * the CPU per order.  The bytes are the same as json_dumps(body) gives,
- * since encoding follows the object's key order.  RETURNS: malloc'd text,
- * or NULL on ENOMEM. */
-static char *
-sqs_event_text(json_t *body, const char *snap_txt)
+/* The event body as text into s->enc, and where its "snapshot" member's
+ * value lies in that text: the snapshot row stores those same bytes, so
+ * the event is encoded once instead of twice.  Top-level members in the
+ * body's own order, as json_dumps() would write them.
+ * RETURNS: 0, or negative errno (-ENOMEM, -EINVAL). */
+static int
+sqs_encode_event(struct sqs *s, json_t *body, struct sqs_rec *rec)
 {
-    static const char  key[] = ",\"snapshot\":";
-    void              *it, *last = NULL;
-    json_t            *rest;
-    char              *head, *out;
-    size_t             hlen, slen;
+    struct jenc_buf *b = &s->enc;
+    size_t           snap_at = 0, snap_end = 0, i;
+    void            *it;
+    int              rc;
 
-    for (it = json_object_iter(body); it != NULL; it = json_object_iter_next(body, it))
-        last = it;
-    if (last == NULL || json_object_size(body) < 2
-        || strcmp(json_object_iter_key(last), "snapshot") != 0)
-        return json_dumps(body, SQS_JSON_FLAGS);
+    b->len = 0;
+    if (jenc_put(b, "{", 1) != 0)
+        return -ENOMEM;
+    for (it = json_object_iter(body), i = 0; it != NULL; it = json_object_iter_next(body, it), i++) {
+        const char *key = json_object_iter_key(it);
 
-    /* a shallow copy: the other members are shared, not copied */
-    rest = json_copy(body);
-    if (rest == NULL || json_object_del(rest, "snapshot") != 0) {
-        json_decref(rest);
-        return NULL;
+        if ((i > 0 && jenc_put(b, ",", 1) != 0) || jenc_string(b, key, strlen(key)) != 0
+            || jenc_put(b, ":", 1) != 0)
+            return -ENOMEM;
+        if (strcmp(key, "snapshot") == 0)
+            snap_at = b->len;
+        rc = jenc_dump(b, json_object_iter_value(it));
+        if (rc != 0)
+            return rc;
+        if (strcmp(key, "snapshot") == 0)
+            snap_end = b->len;
     }
-    head = json_dumps(rest, SQS_JSON_FLAGS);
-    json_decref(rest);
-    if (head == NULL)
-        return NULL;
-    hlen = strlen(head);    /* "{...}", at least one member */
-    slen = strlen(snap_txt);
-    out = malloc(hlen - 1 + sizeof(key) - 1 + slen + 2);
-    if (out != NULL) {
-        memcpy(out, head, hlen - 1);
-        memcpy(out + hlen - 1, key, sizeof(key) - 1);
-        memcpy(out + hlen - 1 + sizeof(key) - 1, snap_txt, slen);
-        memcpy(out + hlen - 1 + sizeof(key) - 1 + slen, "}", 2);
-    }
-    free(head);
-    return out;
+    if (jenc_put(b, "}", 1) != 0)
+        return -ENOMEM;
+    rec->event_txt = b->p;
+    rec->event_len = b->len;
+    rec->snap_txt = b->p + snap_at;
+    rec->snap_len = snap_end - snap_at;
+    return 0;
 }
 
 /* Check one message against the contract and encode it.
@@ -274,9 +271,11 @@ sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
             return h->reject(m, "sqlite: document has no message id to store it under");
         rec->version = 0;
         rec->status = json_is_object(body) ? sqs_str(body, "status") : NULL;
-        rec->snap_txt = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY);
-        if (rec->snap_txt == NULL)
+        s->enc.len = 0;
+        if (jenc_dump(&s->enc, body) != 0)
             return h->reject(m, "sqlite: document body cannot be encoded as JSON");
+        rec->snap_txt = s->enc.p;
+        rec->snap_len = s->enc.len;
         return 0;
     }
 
@@ -319,19 +318,9 @@ sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
                          (long long) rec->version);
 
     rec->status = sqs_str(snap, "status");
-    rec->snap_txt = json_dumps(snap, SQS_JSON_FLAGS);
-    rec->event_txt = rec->snap_txt != NULL ? sqs_event_text(body, rec->snap_txt) : NULL;
-    if (rec->event_txt == NULL || rec->snap_txt == NULL)
+    if (sqs_encode_event(s, body, rec) != 0)
         return h->reject(m, "sqlite: event %s cannot be encoded as JSON", rec->event_id);
     return 0;
-}
-
-static void
-sqs_rec_free(struct sqs_rec *rec)
-{
-    free(rec->event_txt);
-    free(rec->snap_txt);
-    rec->event_txt = rec->snap_txt = NULL;
 }
 
 static int
@@ -361,7 +350,7 @@ sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup)
         sqlite3_bind_text(st, 4, rec->type, -1, SQLITE_STATIC);
         if (rec->time != NULL)
             sqlite3_bind_text(st, 5, rec->time, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 6, rec->event_txt, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, rec->event_txt, (int) rec->event_len, SQLITE_STATIC);
         rc = sqs_step_reset(st);
         if (rc != SQLITE_OK)
             return rc;
@@ -378,7 +367,7 @@ sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup)
     sqlite3_bind_int64(st, 2, rec->version);
     if (rec->status != NULL)
         sqlite3_bind_text(st, 3, rec->status, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, rec->snap_txt, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, rec->snap_txt, (int) rec->snap_len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, now);
     rc = sqs_step_reset(st);
     if (rc != SQLITE_OK || sqlite3_changes(s->wdb) > 0)
@@ -389,7 +378,7 @@ sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup)
     sqlite3_bind_int64(st, 2, rec->version);
     if (rec->status != NULL)
         sqlite3_bind_text(st, 3, rec->status, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, rec->snap_txt, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, rec->snap_txt, (int) rec->snap_len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, now);
     return sqs_step_reset(st);
 }
@@ -409,21 +398,80 @@ sqs_retry_all(struct sqs *s, orderd_msg *const *msgs, size_t n, orderd_result *o
     }
 }
 
+/* What sqs_apply() counted, for the metrics. */
+struct sqs_counts {
+    double inserted, dups, docs;
+};
+
+/* sqs_apply() found a message that fails on its own without savepoints. */
+#define SQS_REDO (-1)
+
+/* Write msgs inside the open transaction.  Without savepoints (the usual
+ * pass) a statement that fails for one message's own reason returns
+ * SQS_REDO: that message may have left half its rows, so the caller rolls
+ * back and runs the batch again with a savepoint around every message,
+ * which lets exactly that one be rejected.  RETURNS: SQLITE_OK, SQS_REDO,
+ * or the SQLite error that must roll the whole batch back. */
+static int
+sqs_apply(struct sqs *s, orderd_msg *const *msgs, size_t n, orderd_result *out, int savepoints,
+          int64_t now, struct sqs_counts *cnt)
+{
+    const orderd_host *h = s->h;
+    struct sqs_rec     rec;
+    size_t             i;
+    int                rc, dup;
+
+    memset(cnt, 0, sizeof(*cnt));
+    for (i = 0; i < n; i++) {
+        if (sqs_prepare_rec(s, msgs[i], &rec) != 0) {
+            out[i].outcome = ORDERD_REJECT;
+            out[i].reason = h->msg_reason(msgs[i]);
+            continue;
+        }
+        rc = savepoints ? sqs_step_reset(s->sp_begin) : SQLITE_OK;
+        if (rc == SQLITE_OK)
+            rc = sqs_write(s, &rec, now, &dup);
+        if (rc == SQLITE_OK && savepoints)
+            rc = sqs_step_reset(s->sp_release);
+        if (rc == SQLITE_OK) {
+            if (rec.event_id == NULL)
+                cnt->docs++;
+            else if (dup)
+                cnt->dups++;
+            else
+                cnt->inserted++;
+            continue;
+        }
+        if (sq_transient(rc) || sqlite3_get_autocommit(s->wdb) != 0)
+            return rc;
+        if (!savepoints)
+            return SQS_REDO;
+        /* this message's own problem (a constraint, a value too big) */
+        out[i].outcome = h->reject(msgs[i], "sqlite: %s cannot be stored: %s",
+                                   h->msg_id(msgs[i]), sqlite3_errmsg(s->wdb));
+        out[i].reason = h->msg_reason(msgs[i]);
+        rc = sqs_step_reset(s->sp_rollback);
+        if (rc == SQLITE_OK)
+            rc = sqs_step_reset(s->sp_release);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
 /* One transaction per batch: one fsync for the lot is what makes thousands
  * of events per second possible.  A message that breaks the contract is
- * rejected alone (its savepoint rolled back); a database-wide failure
- * rolls everything back and asks for the whole batch again. */
+ * rejected alone (see sqs_apply); a database-wide failure rolls everything
+ * back and asks for the whole batch again. */
 static int
 sqs_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result *out)
 {
-    struct sqs     *s = state;
+    struct sqs        *s = state;
     const orderd_host *h = s->h;
-    struct sqs_rec  rec;
-    int64_t         now = sq_now_ms();
-    double          inserted = 0, dups = 0, docs = 0;
-    char            why[256];
-    size_t          i;
-    int             rc, dup;
+    struct sqs_counts  cnt;
+    int64_t            now = sq_now_ms();
+    char               why[256];
+    int                rc;
 
     pthread_mutex_lock(&s->wlock);
     rc = sq_exec(s->wdb, "BEGIN IMMEDIATE");
@@ -434,52 +482,28 @@ sqs_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result 
         pthread_mutex_unlock(&s->wlock);
         return 0;
     }
-
-    for (i = 0; i < n; i++) {
-        if (sqs_prepare_rec(s, msgs[i], &rec) != 0) {
-            sqs_rec_free(&rec);
-            out[i].outcome = ORDERD_REJECT;
-            out[i].reason = h->msg_reason(msgs[i]);
-            continue;
-        }
-        rc = sqs_step_reset(s->sp_begin);
+    rc = sqs_apply(s, msgs, n, out, 0, now, &cnt);
+    if (rc == SQS_REDO) {
+        rc = sq_exec(s->wdb, "ROLLBACK");
         if (rc == SQLITE_OK)
-            rc = sqs_write(s, &rec, now, &dup);
-        if (rc == SQLITE_OK) {
-            rc = sqs_step_reset(s->sp_release);
-            if (rc == SQLITE_OK) {
-                if (rec.event_id == NULL)
-                    docs++;
-                else if (dup)
-                    dups++;
-                else
-                    inserted++;
-            }
-        } else if (!sq_transient(rc) && sqlite3_get_autocommit(s->wdb) == 0) {
-            /* this message's own problem (a constraint, a value too big) */
-            out[i].outcome = h->reject(msgs[i], "sqlite: %s cannot be stored: %s",
-                                       h->msg_id(msgs[i]), sqlite3_errmsg(s->wdb));
-            out[i].reason = h->msg_reason(msgs[i]);
-            rc = sqs_step_reset(s->sp_rollback);
-            if (rc == SQLITE_OK)
-                rc = sqs_step_reset(s->sp_release);
-        }
-        sqs_rec_free(&rec);
-        if (rc != SQLITE_OK)
-            goto abort;
+            rc = sq_exec(s->wdb, "BEGIN IMMEDIATE");
+        if (rc == SQLITE_OK)
+            rc = sqs_apply(s, msgs, n, out, 1, now, &cnt);
     }
+    if (rc != SQLITE_OK)
+        goto abort;
 
     rc = sq_exec(s->wdb, "COMMIT");
     if (rc != SQLITE_OK)
         goto abort;
     pthread_mutex_unlock(&s->wlock);
 
-    if (inserted > 0)
-        h->metric_add(s->inst, "sqlite_events_inserted", inserted);
-    if (dups > 0)
-        h->metric_add(s->inst, "sqlite_duplicates", dups);
-    if (docs > 0)
-        h->metric_add(s->inst, "sqlite_documents_stored", docs);
+    if (cnt.inserted > 0)
+        h->metric_add(s->inst, "sqlite_events_inserted", cnt.inserted);
+    if (cnt.dups > 0)
+        h->metric_add(s->inst, "sqlite_duplicates", cnt.dups);
+    if (cnt.docs > 0)
+        h->metric_add(s->inst, "sqlite_documents_stored", cnt.docs);
     return 0;
 
 abort:
@@ -583,6 +607,7 @@ sqs_destroy(void *state)
     pthread_cond_destroy(&s->rcond);
     pthread_mutex_destroy(&s->rlock);
     pthread_mutex_destroy(&s->wlock);
+    free(s->enc.p);
     free(s->path);
     free(s);
 }

@@ -43,6 +43,14 @@ enum { JN_MIN = 1u << 0, JN_MAX = 1u << 1, JN_XMIN = 1u << 2, JN_XMAX = 1u << 3 
 
 struct js_node;
 
+/* A pattern of the form ^[set]+$, ^[set]*$, ^[set]{n}$, ^[set]{m,n}$ or
+ * ^[set]{m,}$ with an ASCII-only set, checked without regexec(): the
+ * shipped schema's three patterns cost more than the rest of a validation. */
+struct js_span {
+    unsigned char set[32];          /* bit per byte value */
+    long long     min, max;         /* length bounds; max -1 = none */
+};
+
 struct js_prop {
     char           *name;
     struct js_node *node;
@@ -64,6 +72,7 @@ struct js_node {
     struct js_node  *items;         /* owned, or NULL */
     regex_t          re;
     char            *pattern;       /* non-NULL when re is compiled */
+    struct js_span  *span;          /* pattern as a byte set + length bounds, or NULL */
     char            *ref;           /* "$defs" name, resolved into ref_node */
     const struct js_node *ref_node; /* borrowed from jsonschema.defs */
 };
@@ -195,6 +204,7 @@ static void js_node_free(struct js_node *n)
     free(n->props);
     js_node_free(n->additional);
     js_node_free(n->items);
+    free(n->span);
     if (n->pattern != NULL) {
         regfree(&n->re);
         free(n->pattern);
@@ -354,6 +364,112 @@ static int js_compile_array_kws(struct js_ctx *c, struct js_node *n, const json_
     return 0;
 }
 
+/* Add a..b to a span's set.  Ranges only within digits, upper or lower
+ * case letters: elsewhere the locale's collation could decide. */
+static int js_span_range(struct js_span *sp, unsigned char a, unsigned char b)
+{
+    unsigned c;
+
+    if (a != b && !((a >= '0' && b <= '9') || (a >= 'A' && b <= 'Z') || (a >= 'a' && b <= 'z')))
+        return -1;
+    if (a > b)
+        return -1;
+    for (c = a; c <= b; c++)
+        sp->set[c >> 3] |= (unsigned char)(1u << (c & 7));
+    return 0;
+}
+
+static int js_span_count(const char **pp, long long *out)
+{
+    const char *p = *pp;
+    long long v = 0;
+
+    if (*p < '0' || *p > '9')
+        return -1;
+    while (*p >= '0' && *p <= '9' && v < 100000)
+        v = v * 10 + (*p++ - '0');
+    if (*p >= '0' && *p <= '9')
+        return -1;
+    *out = v;
+    *pp = p;
+    return 0;
+}
+
+/* The span of pattern, or NULL when it is not one of the simple forms (the
+ * regex is then used).  Only printable ASCII other than ^ [ ] \ in the set. */
+static struct js_span *js_span_compile(const char *pat)
+{
+    struct js_span sp;
+    const char *p = pat;
+    unsigned char c;
+
+    memset(&sp, 0, sizeof(sp));
+    if (*p++ != '^' || *p++ != '[' || *p == '^' || *p == ']')
+        return NULL;
+    while (*p != ']') {
+        c = (unsigned char)*p;
+        if (c < 0x21 || c > 0x7e || c == '[' || c == '\\' || c == '^')
+            return NULL;
+        if (p[1] == '-' && p[2] != ']' && p[2] != '\0') {
+            if (js_span_range(&sp, c, (unsigned char)p[2]) != 0)
+                return NULL;
+            p += 3;
+        } else if (c == '-' && p != pat + 2 && p[1] != ']') {
+            return NULL;    /* a '-' neither first nor last */
+        } else {
+            js_span_range(&sp, c, c);
+            p++;
+        }
+    }
+    p++;
+    if (*p == '+') {
+        sp.min = 1, sp.max = -1;
+        p++;
+    } else if (*p == '*') {
+        sp.min = 0, sp.max = -1;
+        p++;
+    } else if (*p == '{') {
+        p++;
+        if (js_span_count(&p, &sp.min) != 0)
+            return NULL;
+        sp.max = sp.min;
+        if (*p == ',') {
+            p++;
+            sp.max = -1;
+            if (*p != '}' && (js_span_count(&p, &sp.max) != 0 || sp.max < sp.min))
+                return NULL;
+        }
+        if (*p++ != '}')
+            return NULL;
+    } else {
+        return NULL;
+    }
+    if (strcmp(p, "$") != 0)
+        return NULL;
+    {
+        struct js_span *out = malloc(sizeof(*out));
+
+        if (out != NULL)
+            *out = sp;
+        return out;   /* NULL on ENOMEM: the regex still works */
+    }
+}
+
+static int js_span_match(const struct js_span *sp, const char *s, size_t len)
+{
+    size_t i;
+
+    if ((long long)len < sp->min || (sp->max >= 0 && (long long)len > sp->max))
+        return 0;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (!(sp->set[c >> 3] & (1u << (c & 7))))
+            return 0;
+    }
+    return 1;
+}
+
 static int js_compile_string_kws(struct js_ctx *c, struct js_node *n, const json_t *s)
 {
     const json_t *v;
@@ -381,6 +497,7 @@ static int js_compile_string_kws(struct js_ctx *c, struct js_node *n, const json
         regfree(&n->re);
         return js_fail(c, "out of memory");
     }
+    n->span = js_span_compile(n->pattern);
     return 0;
 }
 
@@ -656,7 +773,9 @@ static int js_check_string(struct js_ctx *c, const struct js_node *n, const json
     /* strlen() check: regexec() cannot see past an embedded NUL, so such a
      * string could slip past an anchored pattern. */
     if (n->pattern != NULL && (strlen(json_string_value(v)) != json_string_length(v)
-                               || regexec(&n->re, json_string_value(v), 0, NULL, 0) != 0))
+                               || (n->span != NULL
+                                   ? !js_span_match(n->span, json_string_value(v), json_string_length(v))
+                                   : regexec(&n->re, json_string_value(v), 0, NULL, 0) != 0)))
         return js_fail(c, "%s does not match pattern %s", js_show(v, a, sizeof(a)), n->pattern);
     return 0;
 }

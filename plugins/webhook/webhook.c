@@ -28,6 +28,9 @@
 #include "webhook.h"
 
 #define WH_BATCH_LIMIT 1000
+#define WH_BATCH_EVENTGRID 100   /* batch_max when unset and format = "eventgrid" */
+#define WH_MIN_REQUEST  1024
+#define WH_MAX_REQUEST  (64 * 1024 * 1024)
 
 static const orderd_option wh_sub_options[] = {
     { .key = "name", .type = ORDERD_T_STRING, .flags = ORDERD_OPT_REQUIRED,
@@ -50,8 +53,12 @@ static const orderd_option wh_sub_options[] = {
       .help = "Dead-letter an event after this many failed POSTs" },
     { .key = "ttl", .type = ORDERD_T_DURATION, .def = "24h",
       .help = "Dead-letter an event still undelivered this long after it was queued" },
-    { .key = "batch_max", .type = ORDERD_T_INT, .def = "1",
-      .help = "Send up to this many queued events per POST as a JSON array (1 = one event per request)" },
+    { .key = "batch_max", .type = ORDERD_T_INT,
+      .help = "Send up to this many queued events per POST as a JSON array (CloudEvents: "
+              "application/cloudevents-batch+json); 1 = one event per request. Unset: 100 for "
+              "eventgrid (always an array), 1 for cloudevents (structured mode, which every receiver takes)" },
+    { .key = "max_request_size", .type = ORDERD_T_SIZE, .def = "1MiB",
+      .help = "Largest POST body a batch grows to (an event bigger than this is still sent, alone)" },
     { .key = NULL }
 };
 
@@ -219,6 +226,7 @@ wh_sub_conf(struct wh_plugin *wp, struct wh_sub *s, const json_t *c, wh_format d
     const orderd_host *h = wp->host;
     const char *name = wh_str(c, "name"), *url = wh_str(c, "url"), *fmt = wh_str(c, "format");
     const char *secret = wh_str(c, "secret");
+    int64_t batch;
     size_t i;
 
     if (name == NULL || !wh_name_ok(name)) {
@@ -264,11 +272,23 @@ wh_sub_conf(struct wh_plugin *wp, struct wh_sub *s, const json_t *c, wh_format d
     s->timeout_ms = wh_int(c, "timeout");
     s->max_attempts = wh_int(c, "max_attempts");
     s->ttl_ms = wh_int(c, "ttl");
-    s->batch_max = (int) wh_int(c, "batch_max");
+    /* Event Grid payloads are arrays anyway, so batching changes nothing a
+     * receiver sees; CloudEvents batches need a receiver that takes the
+     * batched content mode, so they are asked for, not assumed. */
+    batch = json_is_integer(json_object_get(c, "batch_max")) ? wh_int(c, "batch_max")
+          : s->fmt == WH_FMT_EVENTGRID ? WH_BATCH_EVENTGRID : 1;
     if (s->timeout_ms <= 0 || s->max_attempts < 1 || s->ttl_ms <= 0
-        || wh_int(c, "batch_max") < 1 || wh_int(c, "batch_max") > WH_BATCH_LIMIT) {
+        || batch < 1 || batch > WH_BATCH_LIMIT) {
         h->log(wp->inst, ORDERD_LOG_ERR, "subscriber %s: timeout and ttl must be > 0, "
                "max_attempts >= 1, batch_max 1..%d", name, WH_BATCH_LIMIT);
+        return -EINVAL;
+    }
+    s->batch_max = (int) batch;
+    s->max_bytes = (size_t) wh_int(c, "max_request_size");
+    if (wh_int(c, "max_request_size") < WH_MIN_REQUEST
+        || wh_int(c, "max_request_size") > WH_MAX_REQUEST) {
+        h->log(wp->inst, ORDERD_LOG_ERR, "subscriber %s: max_request_size must be 1KiB..64MiB",
+               name);
         return -EINVAL;
     }
     return 0;

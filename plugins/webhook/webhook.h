@@ -90,10 +90,13 @@ void wh_queue_close(struct wh_queue *q);
  * On failure the log is cut back so no partial record stays.  Caller holds
  * the subscriber's lock.  RETURNS: 0 or negative errno. */
 int  wh_queue_append(struct wh_queue *q, const char *data, size_t len, size_t nrec);
-/* Read up to max records starting at done, up to end (snapshot given).
- * Records point into q->buf until the next read.  RETURNS: count, or
- * negative errno. */
-int  wh_queue_read(struct wh_queue *q, uint64_t end, struct wh_rec *out, int max);
+/* Read up to max records starting at done, up to end (snapshot given),
+ * stopping before the events' bytes (plus one separator each and two for
+ * the brackets) would pass max_bytes; the first record is always taken, so
+ * a record bigger than max_bytes comes alone.  Records point into q->buf
+ * until the next read.  RETURNS: count, or negative errno. */
+int  wh_queue_read(struct wh_queue *q, uint64_t end, struct wh_rec *out, int max,
+                   size_t max_bytes);
 /* Mark everything before off delivered; truncates the log when it is all
  * delivered.  The offset is written at once but fdatasync()ed at most every
  * WH_OFFSET_SYNC_MS (always when the log is compacted): a power loss can only
@@ -124,6 +127,7 @@ struct wh_sub {
     int64_t            max_attempts;
     int64_t            ttl_ms;
     int                batch_max;
+    size_t             max_bytes;    /* max_request_size: a batch's body stays within it */
     char              *metric_backlog; /* "webhook_backlog_<name>" sanitised */
     char              *dlq_path;
 

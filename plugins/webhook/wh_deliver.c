@@ -1,12 +1,14 @@
 /* wh_deliver.c - one delivery thread per subscriber.
  *
  * The thread takes records from its subscriber's durable queue in order,
- * POSTs up to batch_max of them, and on 2xx commits the offset.  Failures
- * are retried in place (so order holds) with full-jitter exponential backoff
- * or the receiver's Retry-After, until max_attempts or ttl; permanent ones
- * (400/401/403/413) are dead-lettered at once.  A curl multi handle is kept
- * per thread so connections stay alive between events, and is polled in
- * short slices so stop() never waits on a slow receiver. */
+ * POSTs what is queued (up to batch_max events and max_request_size bytes),
+ * and on 2xx commits the offset.  Failures are retried in place (so order
+ * holds) with full-jitter exponential backoff or the receiver's Retry-After,
+ * until max_attempts or ttl; permanent ones (400/401/403/413) are
+ * dead-lettered at once, a refused batch first split to find the event
+ * refused (see wh_run).  A curl multi handle is kept per thread so
+ * connections stay alive between events, and is polled in short slices so
+ * stop() never waits on a slow receiver. */
 #include "config.h"
 
 #include <errno.h>
@@ -429,6 +431,47 @@ wh_wait(struct wh_sub *s, int64_t ms)
     return stop;
 }
 
+/* Dead-letter recs[0..n-1] and move past them.  RETURNS: 0, or negative
+ * errno after logging (the caller waits and tries again). */
+static int
+wh_give_up(struct wh_sub *s, const struct wh_rec *recs, int n, int64_t attempts,
+           const struct wh_try *t, int64_t first_ms)
+{
+    struct wh_plugin *wp = s->wp;
+    const orderd_host *h = wp->host;
+    int rc = wh_dead_letter(s, recs, n, attempts, t, first_ms);
+
+    if (rc == 0)
+        rc = wh_commit(s, recs, n);
+    if (rc != 0) {
+        h->log(wp->inst, ORDERD_LOG_ERR, "subscriber %s: cannot dead-letter to %s: %s",
+               s->name, s->dlq_path, strerror(-rc));
+        return rc;
+    }
+    h->log(wp->inst, ORDERD_LOG_WARN,
+           "subscriber %s: dead-lettered %d event(s) after %lld attempt(s): %s",
+           s->name, n, (long long) attempts, t->error);
+    h->metric_add(wp->inst, "webhook_deadlettered", n);
+    return 0;
+}
+
+/*
+ * The delivery loop.  Batches are whatever is queued, up to batch_max events
+ * and max_request_size bytes, so a busy subscriber gets few large POSTs and
+ * a quiet one gets each event at once.  Retry and dead-letter decisions stay
+ * per event through a "window" over the head of the queue:
+ *   - a batch that failed transiently is sent again exactly as it was (the
+ *     window is those n events), so every event in it has been attempted
+ *     `attempts` times when max_attempts dead-letters it, and events queued
+ *     meanwhile do not join a failing request;
+ *   - a batch of several events refused for good (400/401/403/413: one bad
+ *     event, or too big) is split: the window is sent in halves, each half
+ *     that fails is split again, so only an event refused on its own is
+ *     dead-lettered and every other one is delivered once;
+ *   - ttl is checked per event: only the expired head of a batch goes to
+ *     the dead letters, the rest keeps its attempts.
+ * The offset only moves past events answered 2xx or dead-lettered.
+ */
 static void *
 wh_run(void *arg)
 {
@@ -441,6 +484,8 @@ wh_run(void *arg)
     struct wh_conn c;
     struct wh_try t;
     int64_t attempts = 0, first_ms = 0;
+    int win_left = 0;       /* events still in the window; 0: no window */
+    int win_max = 0;        /* events per POST inside the window */
 
     memset(&c, 0, sizeof(c));
     recs = calloc((size_t) s->batch_max, sizeof(*recs));
@@ -457,7 +502,7 @@ wh_run(void *arg)
         uint64_t end;
         size_t blen;
         char *body;
-        int n, i, rc;
+        int n, i, k, max;
 
         pthread_mutex_lock(&s->lock);
         while (!atomic_load(&wp->stopping) && s->q.done == s->q.end)
@@ -467,7 +512,8 @@ wh_run(void *arg)
         if (atomic_load(&wp->stopping))
             break;
 
-        n = wh_queue_read(&s->q, end, recs, s->batch_max);
+        max = win_left > 0 ? (win_max < win_left ? win_max : win_left) : s->batch_max;
+        n = wh_queue_read(&s->q, end, recs, max, s->max_bytes);
         if (n <= 0) {
             h->log(wp->inst, ORDERD_LOG_ERR, "subscriber %s: cannot read queue %s: %s",
                    s->name, s->q.path, strerror(n < 0 ? -n : EIO));
@@ -501,30 +547,48 @@ wh_run(void *arg)
                 continue;
             }
             h->metric_add(wp->inst, "webhook_delivered", n);
+            win_left = win_left > n ? win_left - n : 0;
             attempts = 0;
             continue;
         }
 
         h->metric_add(wp->inst, "webhook_failed_attempts", 1);
-        if (wh_permanent(t.status) || attempts >= s->max_attempts
-            || wh_now_ms() - recs[0].enq_ms >= s->ttl_ms) {
-            rc = wh_dead_letter(s, recs, n, attempts, &t, first_ms);
-            if (rc == 0)
-                rc = wh_commit(s, recs, n);
-            if (rc != 0) {
-                h->log(wp->inst, ORDERD_LOG_ERR, "subscriber %s: cannot dead-letter to %s: %s",
-                       s->name, s->dlq_path, strerror(-rc));
-                wh_wait(s, wp->retry_cap_ms);
-                continue;
-            }
-            h->log(wp->inst, ORDERD_LOG_WARN,
-                   "subscriber %s: dead-lettered %d event(s) after %lld attempt(s): %s",
-                   s->name, n, (long long) attempts, t.error);
-            h->metric_add(wp->inst, "webhook_deadlettered", n);
+        if (wh_permanent(t.status) && n > 1) {
+            /* Not these events' fault as a whole: find the one(s) refused. */
+            h->log(wp->inst, ORDERD_LOG_DEBUG, "subscriber %s: batch of %d refused (%s); "
+                   "splitting it", s->name, n, t.error);
+            win_left = n;
+            win_max = (n + 1) / 2;
             attempts = 0;
             continue;
         }
+        if (wh_permanent(t.status) || attempts >= s->max_attempts) {
+            if (wh_give_up(s, recs, n, attempts, &t, first_ms) != 0) {
+                wh_wait(s, wp->retry_cap_ms);
+                continue;
+            }
+            win_left = win_left > n ? win_left - n : 0;
+            attempts = 0;
+            continue;
+        }
+        for (k = 0; k < n && wh_now_ms() - recs[k].enq_ms >= s->ttl_ms; k++)
+            ;
+        if (k > 0) {
+            if (wh_give_up(s, recs, k, attempts, &t, first_ms) != 0) {
+                wh_wait(s, wp->retry_cap_ms);
+                continue;
+            }
+            win_left = win_left > k ? win_left - k : 0;
+            if (k == n) {
+                attempts = 0;
+                continue;
+            }
+            n -= k;   /* the rest is retried below, as it was */
+        }
 
+        /* Send the same events again, and nothing else, until they go. */
+        win_left = n;
+        win_max = n;
         h->log(wp->inst, ORDERD_LOG_DEBUG, "subscriber %s: attempt %lld failed: %s",
                s->name, (long long) attempts, t.error);
         wh_wait(s, c.retry_after_ms >= 0 ? c.retry_after_ms : wh_backoff(&c, wp, attempts - 1));

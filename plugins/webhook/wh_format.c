@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "../common/jsonenc.h"
 #include "webhook.h"
 
 static void
@@ -27,53 +28,76 @@ wh_time_now(char *out, size_t len)
              tm.tm_hour, tm.tm_min, tm.tm_sec, (int) (ts.tv_nsec / 1000000L) % 1000);
 }
 
+/* Append ,"key":"val" (no comma for the first member).  These strings come
+ * from message ids and properties rather than from jansson, so invalid
+ * UTF-8 is refused here instead of being sent.  RETURNS: 0, -EINVAL, -ENOMEM. */
+static int
+wh_attr(struct jenc_buf *b, const char *key, const char *val)
+{
+    const unsigned char *p;
+
+    if (val == NULL)
+        return -EINVAL;
+    for (p = (const unsigned char *) val; *p != '\0' && *p < 0x80; p++)
+        ;
+    if (*p != '\0') {
+        json_t *check = json_string(val);   /* validates UTF-8 */
+
+        if (check == NULL)
+            return -EINVAL;
+        json_decref(check);
+    }
+    if ((b->len > 1 && jenc_put(b, ",", 1) != 0) || jenc_string(b, key, strlen(key)) != 0
+        || jenc_put(b, ":", 1) != 0 || jenc_string(b, val, strlen(val)) != 0)
+        return -ENOMEM;
+    return 0;
+}
+
 char *
 wh_format_event(wh_format fmt, const char *source, const struct wh_event_in *ev)
 {
+    struct jenc_buf b = { NULL, 0, 0 };
     char now[96];
     const char *time = ev->time;
-    json_t *o, *data;
-    char *text = NULL;
     int rc = 0;
 
     if (time == NULL) {
         wh_time_now(now, sizeof(now));
         time = now;
     }
-    /* A reference, not a copy: the object is only serialised here, and
-     * deep-copying every event body was a measurable share of the CPU. */
-    data = ev->data != NULL ? json_incref((json_t *) ev->data) : json_null();
-    o = json_object();
-    if (o == NULL || data == NULL)
-        goto out;
-
-    /* Key order is fixed by insertion (JSON_PRESERVE_ORDER) so the bytes
-     * are stable across releases and easy to compare in tests. */
+    /* Written member by member into one buffer, the event body encoded in
+     * place: building an envelope object for json_dumps() and encoding
+     * through jansson's dumper was a tenth of the CPU per order.  Key
+     * order is fixed so the bytes are stable across releases and easy to
+     * compare in tests (they are the ones json_dumps() of the envelope
+     * object gave). */
+    rc |= jenc_put(&b, "{", 1);
     if (fmt == WH_FMT_EVENTGRID) {
-        rc |= json_object_set_new(o, "id", json_string(ev->id));
-        rc |= json_object_set_new(o, "eventType", json_string(ev->type));
-        rc |= json_object_set_new(o, "subject", json_string(ev->subject != NULL ? ev->subject : ""));
-        rc |= json_object_set_new(o, "eventTime", json_string(time));
-        rc |= json_object_set_new(o, "dataVersion", json_string("1"));
-        rc |= json_object_set(o, "data", data);
+        rc |= wh_attr(&b, "id", ev->id);
+        rc |= wh_attr(&b, "eventType", ev->type);
+        rc |= wh_attr(&b, "subject", ev->subject != NULL ? ev->subject : "");
+        rc |= wh_attr(&b, "eventTime", time);
+        rc |= wh_attr(&b, "dataVersion", "1");
     } else {
-        rc |= json_object_set_new(o, "specversion", json_string("1.0"));
-        rc |= json_object_set_new(o, "id", json_string(ev->id));
-        rc |= json_object_set_new(o, "source", json_string(source));
-        rc |= json_object_set_new(o, "type", json_string(ev->type));
+        rc |= wh_attr(&b, "specversion", "1.0");
+        rc |= wh_attr(&b, "id", ev->id);
+        rc |= wh_attr(&b, "source", source);
+        rc |= wh_attr(&b, "type", ev->type);
         if (ev->subject != NULL)
-            rc |= json_object_set_new(o, "subject", json_string(ev->subject));
-        rc |= json_object_set_new(o, "time", json_string(time));
-        rc |= json_object_set_new(o, "datacontenttype", json_string("application/json"));
-        rc |= json_object_set(o, "data", data);
+            rc |= wh_attr(&b, "subject", ev->subject);
+        rc |= wh_attr(&b, "time", time);
+        rc |= wh_attr(&b, "datacontenttype", "application/json");
     }
+    rc |= jenc_put(&b, ",\"data\":", 8);
     if (rc == 0)
-        text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_PRESERVE_ORDER);
-
-out:
-    json_decref(data);
-    json_decref(o);
-    return text;
+        rc = ev->data != NULL ? jenc_dump(&b, ev->data) : jenc_put(&b, "null", 4);
+    if (rc == 0)
+        rc = jenc_put(&b, "}", 1);
+    if (rc != 0) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
 }
 
 char *

@@ -249,14 +249,16 @@ wh_queue_append(struct wh_queue *q, const char *data, size_t len, size_t nrec)
 }
 
 int
-wh_queue_read(struct wh_queue *q, uint64_t end, struct wh_rec *out, int max)
+wh_queue_read(struct wh_queue *q, uint64_t end, struct wh_rec *out, int max, size_t max_bytes)
 {
-    size_t want = WH_READ_CHUNK;
+    /* Start with what the last batches needed, not a re-read per batch. */
+    size_t want = q->cap > WH_READ_CHUNK ? q->cap - 1 : WH_READ_CHUNK;
     int n = 0;
 
     for (;;) {
         uint64_t avail = end - q->done;
-        size_t pos = 0;
+        size_t pos = 0, body = 2;
+        int full = 0;           /* stopped by max or max_bytes, not by the buffer */
         ssize_t got;
 
         if (avail == 0)
@@ -271,26 +273,36 @@ wh_queue_read(struct wh_queue *q, uint64_t end, struct wh_rec *out, int max)
         while (n < max && pos < (size_t) got) {
             char *nl = memchr(q->buf + pos, '\n', (size_t) got - pos);
             char *sp, *endp;
+            size_t len;
 
             if (nl == NULL)
                 break;
             sp = memchr(q->buf + pos, ' ', (size_t) (nl - (q->buf + pos)));
             if (sp == NULL)
                 return -EBADMSG;
+            len = (size_t) (nl - (sp + 1));
+            if (n > 0 && body + len + 1 > max_bytes) {
+                full = 1;
+                break;
+            }
             out[n].enq_ms = strtoll(q->buf + pos, &endp, 10);
             if (endp != sp)
                 return -EBADMSG;
             out[n].ev = sp + 1;
-            out[n].len = (size_t) (nl - (sp + 1));
+            out[n].len = len;
             out[n].end = q->done + (uint64_t) (nl - q->buf) + 1;
+            body += len + 1;
             n++;
             pos = (size_t) (nl - q->buf) + 1;
         }
-        if (n > 0)
+        if (n == max)
+            full = 1;
+        /* A batch that the buffer cut short is read again, bigger: the
+         * reader's buffer grows to what the largest batch needs and stays. */
+        if (n > 0 && (full || want == avail || want >= max_bytes + (size_t) max * 32))
             return n;
-        if (want == avail)
+        if (n == 0 && want == avail)
             return -EBADMSG;   /* a durable region without a newline */
-        /* One record longer than the buffer: grow and read again. */
         want *= 2;
     }
 }
