@@ -15,13 +15,13 @@
 # Needs wrk, nginx, python3 and the testkit plugin (make -C tests check
 # builds tests/.libs/testkit.so; or make -C tests testkit.la).
 # Knobs (defaults): N [1000000]  CONNS [64]  WRK_THREADS [2]  FILL_LIMIT [600] s
-#   DRAIN_LIMIT [300] s  HTTP_THREADS [64]  FILL_SYNC [false] (spool sync while
+#   DRAIN_LIMIT [300] s  HTTP_THREADS [2]  FILL_SYNC [false] (spool sync while
 #   filling: memory does not depend on it, fill time does)  WORKERS [2]
 #   BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
 NAME=backlog.sh
 . "$(dirname "$0")/benchlib.sh"
 N=${N:-1000000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} FILL_LIMIT=${FILL_LIMIT:-600}
-DRAIN_LIMIT=${DRAIN_LIMIT:-300} HTTP_THREADS=${HTTP_THREADS:-64} FILL_SYNC=${FILL_SYNC:-false}
+DRAIN_LIMIT=${DRAIN_LIMIT:-300} HTTP_THREADS=${HTTP_THREADS:-2} FILL_SYNC=${FILL_SYNC:-false}
 WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
 [ -f "$BUILD/tests/.libs/testkit.so" ] ||
     { echo "backlog.sh: $BUILD/tests/.libs/testkit.so missing (make -C $BUILD/tests testkit.la)" >&2; exit 2; }
@@ -84,7 +84,7 @@ write_conf "$T/fill.conf" "$FILL_SYNC" 'transforms = ( { plugin = "testkit"; sle
 write_conf "$T/drain.conf" true "transforms = ( { plugin = \"validate\"; schema = \"$SCHEMA\"; }, { plugin = \"orders\"; } );
     store = { plugin = \"sqlite\"; path = \"orders.db\"; synchronous = \"$SQLITE_SYNC\"; };
     publish = ( { plugin = \"webhook\"; format = \"cloudevents\"; source = \"/orderd/orders\";
-                  subscribers = ( { name = \"bench\"; url = \"http://127.0.0.1:$HOOK_PORT/events\"; } ); } );"
+                  subscribers = ( { name = \"bench\"; url = \"http://127.0.0.1:$HOOK_PORT/events\"; batch_max = 100; } ); } );"
 
 echo "# orderd backlog benchmark"
 $U machine

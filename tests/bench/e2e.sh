@@ -12,12 +12,12 @@
 # AND the webhook receiver (nginx answering 204) has acknowledged M events
 # (orderd's webhook_delivered counter).  Needs wrk, nginx, python3.
 # Knobs (defaults): N [50000]  CONNS [64]  WRK_THREADS [2]  LIMIT [300] s
-#   HTTP_THREADS [64]  WORKERS [2]  BATCH [256]  QUEUE [4096]
+#   HTTP_THREADS [2]  WORKERS [2]  BATCH [256]  QUEUE [4096]
 #   SQLITE_SYNC [full]  SYNC [true] (spool)  PROJECTIONS [1]
 NAME=e2e.sh
 . "$(dirname "$0")/benchlib.sh"
 N=${N:-50000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} LIMIT=${LIMIT:-300}
-HTTP_THREADS=${HTTP_THREADS:-64} WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096}
+HTTP_THREADS=${HTTP_THREADS:-2} WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096}
 SQLITE_SYNC=${SQLITE_SYNC:-full} SYNC=${SYNC:-true} PROJECTIONS=${PROJECTIONS:-1}
 
 HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
@@ -71,7 +71,7 @@ pipelines = (
     transforms = ( { plugin = "validate"; schema = "$SCHEMA"; }, { plugin = "orders"; } );
     store = { plugin = "sqlite"; path = "orders.db"; synchronous = "$SQLITE_SYNC"; };
     publish = ( { plugin = "webhook"; format = "cloudevents"; source = "/orderd/orders";
-                  subscribers = ( { name = "bench"; url = "http://127.0.0.1:$HOOK_PORT/events"; } ); } ); }$PROJ
+                  subscribers = ( { name = "bench"; url = "http://127.0.0.1:$HOOK_PORT/events"; batch_max = 100; } ); } ); }$PROJ
 );
 EOF
 mkdir -p "$T/state"

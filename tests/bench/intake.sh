@@ -12,7 +12,7 @@
 #                       (validate, orders, sqlite, webhook to a local nginx 204)
 #                       processing while intake is measured;
 #                       intake: http -> durable spool only (no stages after)
-#   HTTP_THREADS [64]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
+#   HTTP_THREADS [2]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
 #   WORKERS [2]  BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
 #   PERF=1  record `perf record -g` of orderd during the run into $PERF_OUT
 #           [./intake.perf.data]
@@ -23,7 +23,7 @@
 NAME=intake.sh
 . "$(dirname "$0")/benchlib.sh"
 DURATION=${DURATION:-15s} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} WARMUP=${WARMUP:-3s}
-PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-64} SYNC=${SYNC:-true}
+PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-2} SYNC=${SYNC:-true}
 WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
 
 NGX_PORT=$($U free-port) HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
@@ -60,7 +60,7 @@ else
     STAGES="transforms = ( { plugin = \"validate\"; schema = \"$SCHEMA\"; }, { plugin = \"orders\"; } );
     store = { plugin = \"sqlite\"; path = \"orders.db\"; synchronous = \"$SQLITE_SYNC\"; };
     publish = ( { plugin = \"webhook\"; format = \"cloudevents\"; source = \"/orderd/orders\";
-                  subscribers = ( { name = \"bench\"; url = \"http://127.0.0.1:$HOOK_PORT/events\"; } ); } );"
+                  subscribers = ( { name = \"bench\"; url = \"http://127.0.0.1:$HOOK_PORT/events\"; batch_max = 100; } ); } );"
 fi
 cat > "$T/orderd.conf" <<EOF
 state_dir = "$T/state";

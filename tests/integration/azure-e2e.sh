@@ -11,6 +11,9 @@
 #      restarted with its state: each 202'd order is exactly one document and
 #      has exactly one distinct event id; repeated deliveries of that id are
 #      allowed (at least once) and reported.
+#   3. 202 means Service Bus has it (acknowledge = "processed"): with the
+#      broker down an order gets no 202; it waits in the spool and is stored
+#      exactly once after the broker is back.
 . "$(dirname "$0")/lib.sh"
 
 : "${TOP_SRCDIR:?run through make check}"
@@ -200,8 +203,8 @@ sleep 2    # an outage long enough for posts and deliveries to fail
 RMQ_KEEP_STATE=1 "$RMQ" start > "$T/rmq-restart.log" 2>&1 || { fail "RabbitMQ did not restart"; cat "$T/rmq-restart.log" >&2; }
 at_up=$(lines "$T/post2.txt")
 echo "batch 2: $at_stop answered when orderd was stopped, $at_down when the broker was stopped, $at_up when it was back"
-# (the intake pipeline has no spool, so orders posted during the outage are
-# answered 202 from memory and sent once the broker is back)
+# (orders posted during the outage wait for the broker: 202 once it is back,
+# or 504 after acknowledge_timeout, or 503 while orderd stops)
 check "broker stopped while orders were still being posted" [ "$at_down" -lt "$N2" ]
 wait "$POSTER"
 accepted "$T/post1.txt" "$T/post2.txt" > "$T/ids2.txt"
@@ -216,6 +219,19 @@ check "after restarts: each 202'd order exactly one document" zeros "$md" "$dd" 
 # such documents are allowed, and counted above as "extra docs"
 check "after restarts: each 202'd order notified, with exactly one event id" zeros "$mn" "$mi"
 check "after restarts: every publish request accepted by the SDK's deserializer" [ "$inv" -eq 0 ]
+
+# 3. no 202 while the broker is down -----------------------------------------
+"$RMQ" stop-node > "$T/rmq-stop2.log" 2>&1
+check "broker stopped again" bash -c "! ss -ltnH 'sport = :$RMQ_PORT' | grep -q ."
+probe=$(curl -s -o "$T/probe.body" -w '%{http_code}' --max-time 4 -H 'Content-Type: application/json' \
+        -d '{"id":"probe-1","customerId":"c-1","currency":"EUR","items":[{"sku":"sku-1","qty":1,"price":9.99}]}' \
+        "http://127.0.0.1:$(cat "$T/api.port")/orders")
+check "broker down: the order is not answered 202 (got '$probe' within 4 s)" [ "$probe" != 202 ]
+RMQ_KEEP_STATE=1 "$RMQ" start > "$T/rmq-restart2.log" 2>&1 || { fail "RabbitMQ did not restart"; cat "$T/rmq-restart2.log" >&2; }
+{ cat "$T/ids2.txt"; echo probe-1; } | LC_ALL=C sort -u > "$T/ids3.txt"
+check "the order the client gave up on is stored and notified once the broker is back" wait_for 120 all_there "$T/ids3.txt"
+read -r md xd dd bs mn mi du inv <<< "$(snapshot "$T/ids3.txt")"
+check "probe: exactly one document, one event id" zeros "$md" "$dd" "$bs" "$mn" "$mi"
 stop_orderd
 check "clean exit at the end" [ "$ODRC" -eq 0 ]
 finish

@@ -46,14 +46,14 @@ receiver_control() {
 }
 
 # e2e_subscribers "NAME:MAX_ATTEMPTS" ... : conf.d/subscribers.conf pointing at
-# the receivers of those names (started first)
+# the receivers of those names (started first), batching as the shipped one
 e2e_subscribers() {
     local f="$ETC/conf.d/subscribers.conf" sep="" spec name max
     {
         echo "subscribers = ("
         for spec in "$@"; do
             name=${spec%%:*}; max=${spec#*:}
-            printf '%s  { name = "%s"; url = "http://127.0.0.1:%s/events"; event_types = [ ]; max_attempts = %s; ttl = "24h"; }\n' \
+            printf '%s  { name = "%s"; url = "http://127.0.0.1:%s/events"; event_types = [ ]; max_attempts = %s; ttl = "24h"; batch_max = 100; }\n' \
                 "$sep" "$name" "$(receiver_port "$name")" "$max"
             sep=","
         done
