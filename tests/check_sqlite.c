@@ -316,13 +316,16 @@ END_TEST
 
 /* jdec_loadb() (the feed's and lookups' parser) gives what
  * json_loadb(JSON_DECODE_ANY) gives: the same value, or NULL with an error
- * for what jansson refuses, on edge cases and on mutated documents. */
+ * for what jansson refuses, on edge cases and on mutated documents; and
+ * jdec_loadb_flags() (the Order API's) what json_loadb() gives with the same
+ * flags, error position included. */
 static void
-jdec_same(const char *text, size_t n)
+jdec_same_flags(const char *text, size_t n, size_t flags)
 {
     json_error_t e1, e2;
-    json_t      *want = json_loadb(text, n, JSON_DECODE_ANY, &e1);
-    json_t      *got = jdec_loadb(text, n, &e2);
+    json_t      *want = json_loadb(text, n, flags, &e1);
+    json_t      *got = flags == JSON_DECODE_ANY ? jdec_loadb(text, n, &e2)
+                                                : jdec_loadb_flags(text, n, flags, &e2);
 
     ck_assert_msg((want == NULL) == (got == NULL), "jansson %s, jdec %s: %.*s",
                   want ? "accepts" : "refuses", got ? "accepts" : "refuses", (int) n, text);
@@ -335,9 +338,20 @@ jdec_same(const char *text, size_t n)
         free(b);
     } else {
         ck_assert_str_eq(e2.text, e1.text);
+        ck_assert_int_eq(e2.position, e1.position);
+        ck_assert_int_eq(e2.line, e1.line);
+        ck_assert_int_eq(e2.column, e1.column);
     }
     json_decref(want);
     json_decref(got);
+}
+
+static void
+jdec_same(const char *text, size_t n)
+{
+    jdec_same_flags(text, n, JSON_DECODE_ANY);
+    jdec_same_flags(text, n, JSON_REJECT_DUPLICATES);
+    jdec_same_flags(text, n, 0);
 }
 
 START_TEST(test_jsondec_matches_jansson)
@@ -352,6 +366,7 @@ START_TEST(test_jsondec_matches_jansson)
         "{\"a\\u00e9\":[1,2,{}]}", " [ ] ", "[1,]", "{,}", "{\"a\":}", "{\"a\" 1}",
         "{\"a\" : 1 , \"b\":[true,false,null]}", "tru", "nul", "falsey", "1 2", "",
         "   ", "{\"k\\n\":\"v\\\"\"}", "[[[[[]]]]]", "{\"esc\\u00e9key\":{\"esc\\tkey2\":1}}",
+        "{\"a\":{\"b\":1,\"c\":2,\"b\":3}}", "[{\"x\":1},{\"x\":2,\"x\":2}]", "{\"a\":1,\"\\u0061\":2}",
     };
     static const char event[] =
         "{\"id\":\"evt-1\",\"type\":\"OrderCreated\",\"orderId\":\"o-1\",\"version\":1,"

@@ -22,6 +22,7 @@ struct jdec {
     char       *tmp;           /* decoded strings with escapes */
     size_t      tcap;
     int         depth;
+    int         reject_dups;   /* JSON_REJECT_DUPLICATES: a repeated key sends us to json_loadb */
 };
 
 static json_t *jdec_value(struct jdec *d);
@@ -325,6 +326,15 @@ jdec_object(struct jdec *d)
                 kcopy[klen] = '\0';
                 key = kcopy;
             }
+#if JANSSON_VERSION_HEX >= 0x020e00
+            if (d->reject_dups && json_object_getn(o, key, klen) != NULL) {
+#else
+            if (d->reject_dups && json_object_get(o, key) != NULL) {
+#endif
+                if (kcopy != small)
+                    free(kcopy);
+                goto fail;
+            }
             v = jdec_value(d);
 #if JANSSON_VERSION_HEX >= 0x020e00
             if (v == NULL || json_object_setn_new_nocheck(o, key, klen, v) != 0) {
@@ -440,20 +450,27 @@ jdec_value(struct jdec *d)
 }
 
 json_t *
-jdec_loadb(const char *s, size_t n, json_error_t *err)
+jdec_loadb_flags(const char *s, size_t n, size_t flags, json_error_t *err)
 {
-    struct jdec d = { .p = s, .end = s + n };
+    struct jdec d = { .p = s, .end = s + n,
+                      .reject_dups = (flags & JSON_REJECT_DUPLICATES) != 0 };
     json_t *v = jdec_value(&d);
 
     if (v != NULL) {
         jdec_ws(&d);
-        if (d.p != d.end) {
+        if (d.p != d.end || (!(flags & JSON_DECODE_ANY) && !json_is_object(v) && !json_is_array(v))) {
             json_decref(v);
             v = NULL;
         }
     }
     free(d.tmp);
     if (v == NULL)
-        return json_loadb(s, n, JSON_DECODE_ANY, err);
+        return json_loadb(s, n, flags, err);
     return v;
+}
+
+json_t *
+jdec_loadb(const char *s, size_t n, json_error_t *err)
+{
+    return jdec_loadb_flags(s, n, JSON_DECODE_ANY, err);
 }

@@ -8,8 +8,8 @@
  * would give, only the well-formed common case is quicker.  The feed parses
  * every stored event with it; json_loadb() was a tenth of the CPU per order.
  *
- * Compiled into the core (spool records) and the sqlite plugin (which hides
- * its symbols).
+ * Compiled into the core (spool records) and the sqlite and http plugins
+ * (which hide its symbols).
  */
 #ifndef JSONDEC_H
 #define JSONDEC_H
@@ -20,5 +20,14 @@
 /* JDEC_LOADB - parse n bytes at s (any JSON value at the top).
  * RETURNS: a new reference, or NULL with err filled (err may be NULL). */
 json_t *jdec_loadb(const char *s, size_t n, json_error_t *err);
+
+/* JDEC_LOADB_FLAGS - the same with json_loadb()'s flags: JSON_DECODE_ANY
+ * (else the top level must be an object or an array) and
+ * JSON_REJECT_DUPLICATES are honoured here; with any other flag the text
+ * still gets its final say from json_loadb(s, n, flags, err) whenever this
+ * parser declines, so the result and the error are json_loadb()'s.
+ * Flags that change how a well-formed document reads (JSON_DECODE_INT_AS_REAL,
+ * JSON_ALLOW_NUL) are not supported: pass them to json_loadb() directly. */
+json_t *jdec_loadb_flags(const char *s, size_t n, size_t flags, json_error_t *err);
 
 #endif
