@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -42,30 +41,16 @@ static char root[512];          /* temp root: certs, logs */
 static char node_path[1024];    /* NODE_PATH for the SDK tools */
 
 struct rcv {
-    pid_t pid;
-    int   port;
-    char  log[512];
+    struct th_peer peer;
+    int            port;
+    char           log[512];
 };
 
 static struct rcv *rcvs[4];
 static size_t nrcvs;
 
-static int64_t
-mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-nap(void)
-{
-    struct timespec ts = { 0, 20 * 1000000L };
-
-    nanosleep(&ts, NULL);
-}
+#define mono_ms() th_mono_ms()
+#define nap()     th_nap_ms(20)
 
 static void
 cleanup_all(void)
@@ -73,10 +58,7 @@ cleanup_all(void)
     size_t i;
 
     for (i = 0; i < nrcvs; i++) {
-        if (rcvs[i]->pid > 0) {
-            kill(rcvs[i]->pid, SIGTERM);
-            waitpid(rcvs[i]->pid, NULL, 0);
-        }
+        th_peer_stop(&rcvs[i]->peer);
         free(rcvs[i]);
     }
     nrcvs = 0;
@@ -108,9 +90,10 @@ rcv_start(const char *tag, const char *const *extra)
     struct rcv *r = calloc(1, sizeof(*r));
     char script[1024], portfile[600], cert[600], key[600];
     const char *argv[32];
-    int64_t deadline = mono_ms() + WAIT_MS;
-    pid_t parent = getpid();
+    static char node_env[sizeof(node_path) + 16];
+    const char *const env[] = { node_env, NULL };
     size_t n = 0;
+    int rc;
 
     ck_assert_ptr_nonnull(r);
     ck_assert_uint_lt(nrcvs, sizeof(rcvs) / sizeof(rcvs[0]));
@@ -129,36 +112,12 @@ rcv_start(const char *tag, const char *const *extra)
     while (extra != NULL && *extra != NULL && n < 30)
         argv[n++] = *extra++;
     argv[n] = NULL;
-
-    r->pid = fork();
-    ck_assert_int_ge(r->pid, 0);
-    if (r->pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(1);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        setenv("NODE_PATH", node_path, 1);
-        execvp("node", (char *const *) argv);
-        _exit(127);
-    }
+    snprintf(node_env, sizeof(node_env), "NODE_PATH=%s", node_path);
     rcvs[nrcvs++] = r;
-    while (r->port == 0) {
-        FILE *f = fopen(portfile, "r");
 
-        if (f != NULL) {
-            if (fscanf(f, "%d", &r->port) != 1)
-                r->port = 0;
-            fclose(f);
-        }
-        if (r->port == 0) {
-            ck_assert_msg(mono_ms() < deadline, "receiver %s did not start", tag);
-            ck_assert_int_eq(waitpid(r->pid, NULL, WNOHANG), 0);
-            nap();
-        }
-    }
+    rc = th_peer_start(&r->peer, argv, env, portfile, WAIT_MS);
+    ck_assert_msg(rc == 0, "receiver %s did not start: %s", tag, strerror(-rc));
+    r->port = r->peer.port;
     return r;
 }
 
@@ -668,9 +627,7 @@ START_TEST(test_transport_and_tls_failures_retry)
     json_decref(reqs);
 
     /* Nobody listening (the receiver's port after it is gone). */
-    kill(r->pid, SIGTERM);
-    waitpid(r->pid, NULL, 0);
-    r->pid = 0;
+    th_peer_stop(&r->peer);
     s = stage(r, "connect_timeout = \"2s\";");
     ck_assert_int_eq(th_process(s, m), ORDERD_RETRY);
     th_stage_free(s);

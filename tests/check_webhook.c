@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -35,30 +34,16 @@
 #define WAIT_MS 15000
 
 struct rcv {
-    pid_t pid;
-    int   port;
-    char  log[512];
+    struct th_peer peer;
+    int            port;
+    char           log[512];
 };
 
 static struct rcv *rcvs[8];
 static size_t nrcvs;
 
-static int64_t
-mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-nap(void)
-{
-    struct timespec ts = { 0, 20 * 1000000L };
-
-    nanosleep(&ts, NULL);
-}
+#define mono_ms() th_mono_ms()
+#define nap()     th_nap_ms(20)
 
 /* Checked teardown: runs after a test that passed. */
 static void
@@ -67,11 +52,7 @@ cleanup_all(void)
     size_t i;
 
     for (i = 0; i < nrcvs; i++) {
-        if (rcvs[i]->pid > 0) {
-            kill(rcvs[i]->pid, SIGTERM);
-            waitpid(rcvs[i]->pid, NULL, 0);
-            rcvs[i]->pid = 0;
-        }
+        th_peer_stop(&rcvs[i]->peer);
         free(rcvs[i]);
     }
     nrcvs = 0;
@@ -94,8 +75,7 @@ rcv_start(const char *tag, int status)
     const char *src = getenv("TESTS_SRCDIR");
     struct rcv *r = calloc(1, sizeof(*r));
     char script[512], portfile[512], st[16];
-    int64_t deadline = mono_ms() + WAIT_MS;
-    pid_t parent = getpid();
+    int rc;
 
     ck_assert_ptr_nonnull(r);
     ck_assert_uint_lt(nrcvs, sizeof(rcvs) / sizeof(rcvs[0]));
@@ -103,38 +83,13 @@ rcv_start(const char *tag, int status)
     snprintf(r->log, sizeof(r->log), "%s/rcv-%s.ndjson", th_state_dir(), tag);
     snprintf(portfile, sizeof(portfile), "%s/rcv-%s.port", th_state_dir(), tag);
     snprintf(st, sizeof(st), "%d", status);
-
-    r->pid = fork();
-    ck_assert_int_ge(r->pid, 0);
-    if (r->pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-
-        /* Die with the test even when it is killed by a timeout. */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(1);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        execl("/usr/bin/python3", "python3", script, "--log", r->log, "--port-file", portfile,
-              "--status", st, (char *) NULL);
-        _exit(127);
-    }
     rcvs[nrcvs++] = r;
 
-    while (r->port == 0) {
-        FILE *f = fopen(portfile, "r");
-
-        if (f != NULL) {
-            if (fscanf(f, "%d", &r->port) != 1)
-                r->port = 0;
-            fclose(f);
-        }
-        if (r->port == 0) {
-            ck_assert_msg(mono_ms() < deadline, "receiver %s did not start", tag);
-            ck_assert_int_eq(waitpid(r->pid, NULL, WNOHANG), 0);
-            nap();
-        }
-    }
+    const char *const argv[] = { "/usr/bin/python3", script, "--log", r->log, "--port-file",
+                                 portfile, "--status", st, NULL };
+    rc = th_peer_start(&r->peer, argv, NULL, portfile, WAIT_MS);
+    ck_assert_msg(rc == 0, "receiver %s did not start: %s", tag, strerror(-rc));
+    r->port = r->peer.port;
     return r;
 }
 

@@ -5,11 +5,15 @@
 
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -549,3 +553,81 @@ double th_metric(struct th_stage *s, const char *name)
     pthread_mutex_unlock(&lock);
     return v;
 }
+
+/* ---- peers -------------------------------------------------------------- */
+
+int64_t th_mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void th_nap_ms(int ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+    nanosleep(&ts, NULL);
+}
+
+int th_peer_start(struct th_peer *p, const char *const *argv, const char *const *env,
+                  const char *portfile, int wait_ms)
+{
+    int64_t deadline = th_mono_ms() + wait_ms;
+    pid_t parent = getpid();
+
+    p->pid = 0;
+    p->port = 0;
+    unlink(portfile);
+    p->pid = fork();
+    if (p->pid < 0) {
+        p->pid = 0;
+        return -errno;
+    }
+    if (p->pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+
+        /* Die with the test even when it is killed by a timeout. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(1);
+        if (devnull >= 0)
+            dup2(devnull, STDOUT_FILENO);
+        for (; env != NULL && *env != NULL; env++)
+            putenv((char *)*env);
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    while (p->port == 0) {
+        FILE *f = fopen(portfile, "r");
+
+        if (f != NULL) {
+            if (fscanf(f, "%d", &p->port) != 1)
+                p->port = 0;
+            fclose(f);
+        }
+        if (p->port != 0)
+            break;
+        if (waitpid(p->pid, NULL, WNOHANG) != 0) {
+            p->pid = 0;
+            return -ECHILD;
+        }
+        if (th_mono_ms() >= deadline) {
+            th_peer_stop(p);
+            return -ETIMEDOUT;
+        }
+        th_nap_ms(20);
+    }
+    return 0;
+}
+
+void th_peer_stop(struct th_peer *p)
+{
+    if (p->pid > 0) {
+        kill(p->pid, SIGTERM);
+        waitpid(p->pid, NULL, 0);
+    }
+    p->pid = 0;
+}
+

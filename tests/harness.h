@@ -16,9 +16,32 @@
 #define TH_HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 #include <orderd/plugin.h>
 
 struct th_stage;
+
+/* A peer server for a test (an HTTP receiver, a broker stand-in): a child
+ * process that dies with the test and writes the port it listens on to a
+ * file. */
+struct th_peer {
+    pid_t pid;      /* 0: not running */
+    int   port;
+};
+
+/* TH_PEER_START - run argv (argv[0] searched in PATH) with the NAME=value
+ * settings of env added to the environment (env may be NULL), stdout to
+ * /dev/null, and wait up to wait_ms for a port number in portfile.
+ * RETURNS: 0 with p set; -ECHILD (it exited), -ETIMEDOUT (it was then
+ * stopped) or -errno, with p->pid 0. */
+int  th_peer_start(struct th_peer *p, const char *const *argv, const char *const *env,
+                   const char *portfile, int wait_ms);
+/* TH_PEER_STOP - SIGTERM and reap; does nothing when it is not running. */
+void th_peer_stop(struct th_peer *p);
+
+int64_t th_mono_ms(void);
+void    th_nap_ms(int ms);
 
 /* Directory used for relative state paths; created fresh per process
  * (under $TMPDIR), removed by th_cleanup(). */
