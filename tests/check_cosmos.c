@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -43,20 +42,8 @@ static const char *srcdir(void)
     return s ? s : ".";
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void nap(int ms)
-{
-    struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
-
-    nanosleep(&ts, NULL);
-}
+#define mono_ms() th_mono_ms()
+#define nap(ms)   th_nap_ms(ms)
 
 /* ---- known-answer vectors ------------------------------------------------------ */
 
@@ -114,55 +101,28 @@ END_TEST
 
 /* ---- processes ------------------------------------------------------------------ */
 
-static pid_t procs[8];
+static struct th_peer procs[8];
 static size_t nprocs;
 
 static void kill_procs(void)
 {
-    for (size_t i = 0; i < nprocs; i++) {
-        kill(procs[i], SIGTERM);
-        waitpid(procs[i], NULL, 0);
-    }
+    for (size_t i = 0; i < nprocs; i++)
+        th_peer_stop(&procs[i]);
     nprocs = 0;
 }
 
 /* Run argv in the background (stdout to /dev/null); wait for its port file. */
 static int spawn_server(char *const argv[], const char *portfile)
 {
-    pid_t parent = getpid(), pid;
-    int64_t deadline = mono_ms() + WAIT_MS;
-    int port = 0;
+    struct th_peer *p;
+    int rc;
 
-    unlink(portfile);
-    pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(1);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    procs[nprocs++] = pid;
-    while (port == 0) {
-        FILE *f = fopen(portfile, "r");
-
-        if (f != NULL) {
-            if (fscanf(f, "%d", &port) != 1)
-                port = 0;
-            fclose(f);
-        }
-        if (port == 0) {
-            ck_assert_msg(mono_ms() < deadline, "%s did not start", argv[1]);
-            ck_assert_msg(waitpid(pid, NULL, WNOHANG) == 0, "%s exited", argv[1]);
-            nap(20);
-        }
-    }
-    return port;
+    ck_assert_uint_lt(nprocs, sizeof(procs) / sizeof(procs[0]));
+    p = &procs[nprocs];
+    rc = th_peer_start(p, (const char *const *)argv, NULL, portfile, WAIT_MS);
+    ck_assert_msg(rc == 0, "%s did not start: %s", argv[1], strerror(-rc));
+    nprocs++;
+    return p->port;
 }
 
 /* Run a shell command, capture the first line of stdout. */
@@ -696,13 +656,6 @@ static Suite *cosmos_suite(void)
     return su;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void) sb;
-    (void) flag;
-    (void) ftw;
-    return remove(path);
-}
 
 int main(void)
 {
@@ -724,6 +677,6 @@ int main(void)
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     th_cleanup();
-    nftw(top, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rm_tree(top);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -28,8 +27,7 @@
 #include "msg.h"
 
 static char tmpdir[256];
-static pid_t partner_pid;
-static int partner_port;
+static struct th_peer partner;
 
 static void path_in(char *buf, size_t len, const char *name)
 {
@@ -76,19 +74,12 @@ static void reset_partner(void)
     set_mode("ok");
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(path);
-}
 
 static void partner_start(void)
 {
     char script[512], portf[512], data[512], log[512], mode[512];
     const char *src = getenv("TESTS_SRCDIR");
-    struct timespec ts = { 0, 20 * 1000 * 1000 };
-    FILE *f;
-    int i;
+    int rc;
 
     snprintf(tmpdir, sizeof(tmpdir), "%s/check-enrich-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
@@ -101,38 +92,17 @@ static void partner_start(void)
     path_in(log, sizeof(log), "requests.log");
     path_in(mode, sizeof(mode), "mode");
 
-    partner_pid = fork();
-    ck_assert_int_ge(partner_pid, 0);
-    if (partner_pid == 0) {
-        /* die with the test binary, whatever happens to it */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        execl("/usr/bin/python3", "python3", script, "--port-file", portf, "--data", data,
-              "--log", log, "--mode-file", mode, (char *)NULL);
-        _exit(127);
-    }
-    for (i = 0; i < 500 && partner_port == 0; i++) {
-        f = fopen(portf, "r");
-        if (f != NULL) {
-            if (fscanf(f, "%d", &partner_port) != 1)
-                partner_port = 0;
-            fclose(f);
-        }
-        if (partner_port == 0)
-            nanosleep(&ts, NULL);
-    }
-    ck_assert_msg(partner_port > 0, "partner.py did not start");
+    const char *const argv[] = { "/usr/bin/python3", script, "--port-file", portf, "--data", data,
+                                 "--log", log, "--mode-file", mode, NULL };
+    rc = th_peer_start(&partner, argv, NULL, portf, 10000);
+    ck_assert_msg(rc == 0, "partner.py did not start: %s", strerror(-rc));
 }
 
 static void partner_stop(void)
 {
-    if (partner_pid > 0) {
-        kill(partner_pid, SIGTERM);
-        waitpid(partner_pid, NULL, 0);
-        partner_pid = 0;
-    }
-    partner_port = 0;
+    th_peer_stop(&partner);
     if (tmpdir[0] != '\0')
-        nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        th_rm_tree(tmpdir);
     tmpdir[0] = '\0';
 }
 
@@ -240,7 +210,7 @@ START_TEST(test_http_merge_and_cache)
     orderd_msg *m;
 
     reset_partner();
-    s = stage("url = \"http://127.0.0.1:%d/sku/{key}\";", partner_port);
+    s = stage("url = \"http://127.0.0.1:%d/sku/{key}\";", partner.port);
     m = run(s, "{\"items\": [{\"sku\": \"SKU-1\", \"price\": 17.5}, {\"sku\": \"SKU 2/x\"},"
                " {\"sku\": \"SKU-1\"}, {\"sku\": \"SKU-404\"}]}", ORDERD_OK);
     ck_assert_str_eq(str(item(m, 0), "warehouse"), "BER-1");
@@ -262,7 +232,7 @@ START_TEST(test_http_merge_and_cache)
     th_stage_free(s);
 
     /* require: a 404 rejects; overwrite: partner values win */
-    s = stage("url = \"http://127.0.0.1:%d/sku/{key}\"; require = true; overwrite = true;", partner_port);
+    s = stage("url = \"http://127.0.0.1:%d/sku/{key}\"; require = true; overwrite = true;", partner.port);
     m = run(s, "{\"items\": [{\"sku\": \"SKU-1\", \"price\": 1}, {\"sku\": \"SKU-404\"}]}", ORDERD_REJECT);
     ck_assert_double_eq(json_real_value(json_object_get(item(m, 0), "price")), 18.5);
     ck_assert_str_eq(th_host()->msg_reason(m), "/items/1: partner has no record for sku \"SKU-404\"");
@@ -271,7 +241,7 @@ START_TEST(test_http_merge_and_cache)
 
     /* cache_max bounds the cache: the oldest answer is evicted */
     reset_partner();
-    s = stage("url = \"http://127.0.0.1:%d/sku/{key}\"; cache_max = 1;", partner_port);
+    s = stage("url = \"http://127.0.0.1:%d/sku/{key}\"; cache_max = 1;", partner.port);
     m = run(s, "{\"items\": [{\"sku\": \"SKU-1\"}, {\"sku\": \"SKU-1\"}, {\"sku\": \"SKU 2/x\"},"
                " {\"sku\": \"SKU-1\"}]}", ORDERD_OK);
     th_msg_free(m);
@@ -303,7 +273,7 @@ START_TEST(test_partner_down)
     th_stage_free(s);
 
     reset_partner();
-    s = stage("url = \"http://127.0.0.1:%d/sku/{key}\"; timeout = \"300ms\"; require = true;", partner_port);
+    s = stage("url = \"http://127.0.0.1:%d/sku/{key}\"; timeout = \"300ms\"; require = true;", partner.port);
     set_mode("fail");
     m = run(s, "{\"items\": [{\"sku\": \"SKU-1\"}]}", ORDERD_RETRY);
     ck_assert_ptr_nonnull(strstr(th_host()->msg_reason(m), "HTTP 500"));
@@ -342,7 +312,7 @@ START_TEST(test_breaker)
     reset_partner();
     set_mode("fail");
     s = stage("url = \"http://127.0.0.1:%d/sku/{key}\"; breaker_failures = 3; breaker_open = \"1s\";",
-              partner_port);
+              partner.port);
     for (i = 0; i < 3; i++) {
         m = run(s, "{\"items\": [{\"sku\": \"SKU-1\"}]}", ORDERD_RETRY);
         th_msg_free(m);
@@ -419,7 +389,7 @@ START_TEST(test_threads)
     for (i = 0; i < 4; i++)
         w[i].ok = 0;
     w[0].s = stage("table = \"%s\"; url = \"http://127.0.0.1:%d/sku/{key}\";",
-                   table, partner_port);
+                   table, partner.port);
     for (i = 1; i < 4; i++)
         w[i].s = w[0].s;
     for (i = 0; i < 4; i++)

@@ -65,15 +65,6 @@ cleanup_all(void)
     th_cleanup();
 }
 
-static int
-rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void) st;
-    (void) flag;
-    (void) ftw;
-    remove(path);
-    return 0;
-}
 
 static const char *
 srcdir(void)
@@ -978,6 +969,6 @@ main(void)
     srunner_free(sr);
     curl_global_cleanup();
 out:
-    nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rm_tree(root);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

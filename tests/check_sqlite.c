@@ -30,11 +30,6 @@ teardown(void)
     th_cleanup();
 }
 
-static int
-rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    return remove(path);
-}
 
 static char *
 db_path(const char *name)
@@ -1000,6 +995,6 @@ main(void)
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    nftw(top, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rm_tree(top);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -59,15 +59,6 @@ cleanup_all(void)
     th_cleanup();
 }
 
-static int
-rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void) st;
-    (void) flag;
-    (void) ftw;
-    remove(path);
-    return 0;
-}
 
 static struct rcv *
 rcv_start(const char *tag, int status)
@@ -1231,6 +1222,6 @@ main(void)
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     curl_global_cleanup();
-    nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rm_tree(root);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -99,10 +99,15 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return remove(path);
 }
 
+void th_rm_tree(const char *path)
+{
+    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 void th_cleanup(void)
 {
     if (state_dir[0])
-        nftw(state_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        th_rm_tree(state_dir);
     state_dir[0] = '\0';
     pthread_mutex_lock(&lock);
     list_free(&settled);

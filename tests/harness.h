@@ -40,6 +40,9 @@ int  th_peer_start(struct th_peer *p, const char *const *argv, const char *const
 /* TH_PEER_STOP - SIGTERM and reap; does nothing when it is not running. */
 void th_peer_stop(struct th_peer *p);
 
+/* TH_RM_TREE - remove path and everything under it (errors ignored). */
+void th_rm_tree(const char *path);
+
 int64_t th_mono_ms(void);
 void    th_nap_ms(int ms);
 
