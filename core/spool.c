@@ -166,6 +166,7 @@ struct od_spool {
     pthread_cond_t     idle_cv;     /* shutdown: the queue is empty and nobody writes */
     pthread_t          writer;
     bool               writer_running;
+    unsigned           cb_running;  /* leaders calling asynchronous callbacks */
     bool               closing;
     bool               leader;
     bool               writing;
@@ -603,8 +604,10 @@ static int spool_write_batch(int fd, struct spool_req *r, uint64_t off)
  * the writer thread when that request is asynchronous.  Lock held. */
 static void spool_wake_next(struct od_spool *s)
 {
-    if (s->qhead == NULL)
-        pthread_cond_broadcast(&s->idle_cv);
+    if (s->qhead == NULL) {
+        if (s->cb_running == 0)
+            pthread_cond_broadcast(&s->idle_cv);
+    }
     else if (s->qhead->cb != NULL)
         pthread_cond_signal(&s->writer_cv);
     else
@@ -699,6 +702,8 @@ static void spool_lead(struct od_spool *s)
         pthread_cond_signal(&r->cv);
     }
     s->leader = false;
+    if (async != NULL)
+        s->cb_running++;    /* shutdown waits for these callbacks too */
     spool_wake_next(s);
     if (async != NULL) {
         pthread_mutex_unlock(&s->mu);
@@ -709,6 +714,9 @@ static void spool_lead(struct od_spool *s)
             free(r);
         }
         pthread_mutex_lock(&s->mu);
+        s->cb_running--;
+        if (s->cb_running == 0 && s->qhead == NULL && !s->leader)
+            pthread_cond_broadcast(&s->idle_cv);
     }
 }
 
@@ -940,8 +948,8 @@ void od_spool_shutdown(struct od_spool *s)
     pthread_mutex_lock(&s->mu);
     s->shutdown = true;
     pthread_cond_broadcast(&s->ready_cv);
-    /* Appends already queued are written (and their callbacks called). */
-    while (s->writer_running && (s->qhead != NULL || s->leader))
+    /* Appends already queued are written and their callbacks have returned. */
+    while (s->writer_running && (s->qhead != NULL || s->leader || s->cb_running != 0))
         pthread_cond_wait(&s->idle_cv, &s->mu);
     pthread_mutex_unlock(&s->mu);
 }

@@ -903,6 +903,7 @@ struct as_ctx {
     uint64_t        seq_cb[AS_N];
     int             bad_rc;
     unsigned        total;
+    unsigned        slow_us;    /* each callback takes this long */
 };
 
 struct as_arg {
@@ -921,6 +922,8 @@ static void as_done(void *arg, int rc, uint64_t seq)
     a->c->seq_cb[a->i] = seq;
     a->c->total++;
     pthread_mutex_unlock(&a->c->mu);
+    if (a->c->slow_us != 0)
+        usleep(a->c->slow_us);
     free(a);
 }
 
@@ -985,9 +988,12 @@ START_TEST(test_async_append)
     }
     sp_expect_empty(s);
 
-    /* queued, then shut down at once: written and called back first */
+    /* queued, then shut down at once: written and called back first.  Slow
+     * callbacks keep the last group's callbacks running after the queue has
+     * emptied: shutdown must wait for them too. */
     memset(c.calls, 0, sizeof(c.calls));
     c.total = 0;
+    c.slow_us = 200;
     for (uint32_t i = 0; i < 200; i++)
         as_queue(s, &c, i, &seqs[i]);
     od_spool_shutdown(s);
