@@ -105,6 +105,7 @@ static void table_init(void)
     table.has_feature = host_has_feature;
     table.submit = od_pipe_submit;
     table.submit_async = od_pipe_submit_async;
+    table.submit_flush = od_pipe_submit_flush;
     table.settle = od_pipe_settle;
     table.dead_letter = host_dead_letter;
     table.lookup = od_pipe_lookup;

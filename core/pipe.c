@@ -792,6 +792,8 @@ int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags
 {
     struct od_pipe *p = inst->pipe;
     int outcome = (flags & ORDERD_SUBMIT_OUTCOME) != 0;
+    int (*append)(struct od_spool *, void *, size_t, od_spool_done_fn, void *, uint64_t *) =
+        (flags & ORDERD_SUBMIT_DEFER) ? od_spool_append_deferred : od_spool_append_async;
     int rc;
 
     if (m == NULL)
@@ -820,12 +822,12 @@ int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags
         }
         *w = (struct od_waiter){ .p = p, .done = done, .arg = arg };
         if (!outcome) {
-            rc = od_spool_append_async(p->spool, text, len, spooled, w, &w->seq);
+            rc = append(p->spool, text, len, spooled, w, &w->seq);
         } else {
             /* Filed before the reader can see the record: finish() takes
              * wmu too, so it cannot look before w is in the table. */
             pthread_mutex_lock(&p->wmu);
-            rc = od_spool_append_async(p->spool, text, len, spooled_outcome, w, &w->seq);
+            rc = append(p->spool, text, len, spooled_outcome, w, &w->seq);
             if (rc == 0) {
                 struct od_waiter **b = &p->waiters[w->seq % OD_WAIT_BUCKETS];
                 w->next = *b;
@@ -856,6 +858,16 @@ int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags
     atomic_fetch_add_explicit(&inst->metrics.ok, 1, memory_order_relaxed);
     if (!outcome)
         done(arg, 0, &od_accepted);
+    return 0;
+}
+
+/* host->submit_flush() */
+int od_pipe_submit_flush(struct orderd_inst *inst)
+{
+    struct od_pipe *p = inst->pipe;
+
+    if (p->spool)
+        od_spool_flush(p->spool);
     return 0;
 }
 

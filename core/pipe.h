@@ -55,6 +55,7 @@ void od_pipes_set_current(struct od_pipe **pipes, size_t n);
 int  od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags);
 int  od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags,
                           orderd_submit_done done, void *arg);
+int  od_pipe_submit_flush(struct orderd_inst *inst);
 void od_pipe_settle(orderd_msg *m, const orderd_result *res);
 int  od_pipe_lookup(struct orderd_inst *inst, const char *pipeline, const char *key, json_t **out);
 const char *od_pipe_state_dir(const struct od_pipe *p);

@@ -134,6 +134,7 @@ struct spool_req {
     /* asynchronous requests: malloc'd with their data, freed after cb */
     od_spool_done_fn  cb;       /* NULL: a synchronous request (on its owner's stack) */
     void             *cb_arg;
+    bool              deferred; /* its owner's od_spool_flush() leads it, not the writer */
 };
 
 struct od_spool {
@@ -167,6 +168,9 @@ struct od_spool {
     pthread_t          writer;
     bool               writer_running;
     unsigned           cb_running;  /* leaders calling asynchronous callbacks */
+    uint64_t           done_seq;    /* groups are written in order: every seq up to this is */
+    unsigned           flushers;    /* od_spool_flush() calls waiting on flush_cv */
+    pthread_cond_t     flush_cv;    /* a group is done (done_seq moved) */
     bool               closing;
     bool               leader;
     bool               writing;
@@ -608,6 +612,8 @@ static void spool_wake_next(struct od_spool *s)
         if (s->cb_running == 0)
             pthread_cond_broadcast(&s->idle_cv);
     }
+    else if (s->qhead->deferred && !s->shutdown)
+        ;   /* a flusher waits on flush_cv, woken at the end of spool_lead */
     else if (s->qhead->cb != NULL)
         pthread_cond_signal(&s->writer_cv);
     else
@@ -620,7 +626,7 @@ static void spool_lead(struct od_spool *s)
 {
     struct spool_req *batch = s->qhead, *last = batch, *r, *next;
     struct spool_seg *act = spool_active(s), *fresh = NULL, *g;
-    uint64_t bytes = SPOOL_HDR + batch->len, base;
+    uint64_t bytes = SPOOL_HDR + batch->len, base, last_seq;
     bool roll, sync_failed = false;
     int rc = 0;
 
@@ -635,6 +641,7 @@ static void spool_lead(struct od_spool *s)
     if (s->qhead == NULL)
         s->qtail = NULL;
     last->next = NULL;
+    last_seq = last->seq;
 
     roll = s->roll_next || (act->size > 0 && act->size + bytes > s->seg_bytes) ||
            (s->max_bytes != 0 && act->live == 0 && act->size > 0 &&
@@ -703,7 +710,7 @@ static void spool_lead(struct od_spool *s)
     }
     s->leader = false;
     if (async != NULL)
-        s->cb_running++;    /* shutdown waits for these callbacks too */
+        s->cb_running++;    /* shutdown and flush wait for these callbacks too */
     spool_wake_next(s);
     if (async != NULL) {
         pthread_mutex_unlock(&s->mu);
@@ -718,6 +725,11 @@ static void spool_lead(struct od_spool *s)
         if (s->cb_running == 0 && s->qhead == NULL && !s->leader)
             pthread_cond_broadcast(&s->idle_cv);
     }
+    /* Only now: a flusher returns after the callbacks of its records. */
+    if (last_seq > s->done_seq)
+        s->done_seq = last_seq;
+    if (s->flushers > 0)
+        pthread_cond_broadcast(&s->flush_cv);
 }
 
 /* Checks, a seq and a place in the queue for r (data, len, crc set).  Lock held.
@@ -749,8 +761,8 @@ static int spool_enqueue(struct od_spool *s, struct spool_req *r, uint32_t dcrc)
     return 0;
 }
 
-int od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
-                          void *arg, uint64_t *seq)
+static int spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
+                              void *arg, uint64_t *seq, bool defer)
 {
     struct spool_req *r;
     uint32_t dcrc;
@@ -765,14 +777,14 @@ int od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_d
         free(data);
         return -ENOMEM;
     }
-    *r = (struct spool_req){ .data = data, .len = len, .cb = cb, .cb_arg = arg };
+    *r = (struct spool_req){ .data = data, .len = len, .cb = cb, .cb_arg = arg, .deferred = defer };
     dcrc = spool_crc32c(data, len);
 
     pthread_mutex_lock(&s->mu);
     rc = spool_enqueue(s, r, dcrc);
     if (rc == 0) {
         *seq = r->seq;
-        if (!s->leader && s->qhead == r)
+        if (!defer && !s->leader && s->qhead == r)
             pthread_cond_signal(&s->writer_cv);
     }
     pthread_mutex_unlock(&s->mu);
@@ -781,6 +793,38 @@ int od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_d
         free(r);
     }
     return rc;
+}
+
+int od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
+                          void *arg, uint64_t *seq)
+{
+    return spool_append_async(s, data, len, cb, arg, seq, false);
+}
+
+int od_spool_append_deferred(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
+                             void *arg, uint64_t *seq)
+{
+    return spool_append_async(s, data, len, cb, arg, seq, true);
+}
+
+void od_spool_flush(struct od_spool *s)
+{
+    uint64_t target;
+
+    pthread_mutex_lock(&s->mu);
+    target = s->next_seq - 1;
+    while (s->done_seq < target) {
+        if (!s->leader && s->qhead != NULL) {
+            spool_lead(s);
+            continue;
+        }
+        /* Someone leads (or is calling a group's callbacks): the rest of
+         * the queue is handed on when it is done. */
+        s->flushers++;
+        pthread_cond_wait(&s->flush_cv, &s->mu);
+        s->flushers--;
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 int od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *seq)
@@ -948,6 +992,7 @@ void od_spool_shutdown(struct od_spool *s)
     pthread_mutex_lock(&s->mu);
     s->shutdown = true;
     pthread_cond_broadcast(&s->ready_cv);
+    pthread_cond_signal(&s->writer_cv);     /* deferred appends nobody flushed */
     /* Appends already queued are written and their callbacks have returned. */
     while (s->writer_running && (s->qhead != NULL || s->leader || s->cb_running != 0))
         pthread_cond_wait(&s->idle_cv, &s->mu);
@@ -961,7 +1006,8 @@ static void *spool_writer_main(void *arg)
 
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        if (s->qhead != NULL && s->qhead->cb != NULL && !s->leader) {
+        if (s->qhead != NULL && s->qhead->cb != NULL && !s->leader &&
+            (!s->qhead->deferred || s->shutdown)) {
             spool_lead(s);
             continue;
         }
@@ -1294,6 +1340,7 @@ static int spool_recover(struct od_spool *s)
             s->next_seq = ackmax + 1;
         s->roll_next = s->next_seq != (act->n > 0 ? lastseq + 1 : act->first);
     }
+    s->done_seq = s->next_seq - 1;
 
     /* Sealed segments with nothing left to deliver. */
     for (size_t i = 0; i + 1 < s->nsegs;) {
@@ -1340,6 +1387,7 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&s->writer_cv, NULL);
     pthread_cond_init(&s->idle_cv, NULL);
+    pthread_cond_init(&s->flush_cv, NULL);
 
     s->dir = strdup(o->dir);
     if (s->dir == NULL) {
@@ -1406,6 +1454,7 @@ void od_spool_close(struct od_spool *s)
     pthread_cond_destroy(&s->ready_cv);
     pthread_cond_destroy(&s->writer_cv);
     pthread_cond_destroy(&s->idle_cv);
+    pthread_cond_destroy(&s->flush_cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }

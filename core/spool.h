@@ -42,6 +42,16 @@ typedef void (*od_spool_done_fn)(void *arg, int rc, uint64_t seq);
  * -ESHUTDOWN (cb will not be called). */
 int  od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
                            void *arg, uint64_t *seq);
+/* The same, but the writer thread is not woken: the caller promises to call
+ * od_spool_flush() soon (an event loop does, once per turn), so the thread
+ * that read the requests writes them, with no hand-over to another thread.
+ * Another group's leader may still take the record along. */
+int  od_spool_append_deferred(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
+                              void *arg, uint64_t *seq);
+/* Returns once every record appended before the call is written (or failed)
+ * and its callback has been called: leads the groups itself while nobody
+ * else leads, waits for the leader otherwise. */
+void od_spool_flush(struct od_spool *s);
 
 /* Next record not yet handed out, in append order; waits up to timeout_ms
  * (-1: forever) for one.  *data is malloc'd for the caller.

@@ -368,6 +368,51 @@ START_TEST(async_accepted_with_spool)
 }
 END_TEST
 
+/* ORDERD_SUBMIT_DEFER + submit_flush (ABI 1.2): the input's own thread
+ * writes what it deferred, and every accepted done() has come when
+ * submit_flush returns (testkit counts those that had not in
+ * testkit_flush_late).  With OUTCOME the message still runs the pipeline. */
+static void defer_run(int spool, const char *mode)
+{
+    struct run r;
+    char body[1024];
+
+    snprintf(body, sizeof(body),
+             "%s"
+             "input = { plugin = \"testkit\"; count = 300; async = \"%s\"; defer_every = 7;"
+             " record_done = \"done\"; };\n"
+             "publish = ( { plugin = \"testkit\"; record = \"pub\"; } );\n",
+             spool ? "spool = { sync = true; };\n" : "", mode);
+    start(&r, body);
+    ck_assert(wait_lines("done", 300));
+    ck_assert(wait_lines("pub", 300));
+    ck_assert_uint_eq(count_lines("done", " 0 OK -"), 300);
+    if (strcmp(mode, "accepted") == 0)
+        ck_assert(metric("orderd_plugin_testkit_flush_late{pipeline=\"p\",stage=\"testkit\"} ") == 0);
+    stop_pipe(&r, 5000);
+    ck_assert_uint_eq(count_lines("done", NULL), 300);   /* exactly once each */
+    ck_assert_uint_eq(count_lines("pub", NULL), 300);
+    cleanup(&r);
+}
+
+START_TEST(defer_accepted_with_spool)
+{
+    defer_run(1, "accepted");
+}
+END_TEST
+
+START_TEST(defer_accepted_without_spool)
+{
+    defer_run(0, "accepted");
+}
+END_TEST
+
+START_TEST(defer_outcome_with_spool)
+{
+    defer_run(1, "outcome");
+}
+END_TEST
+
 /* Outcomes still awaited when the pipeline stops are reported as RETRY
  * before the input is destroyed: in memory, or left in the spool. */
 static void async_stop_run(int spool)
@@ -426,6 +471,9 @@ int main(void)
     tcase_add_test(tc, async_outcome_with_spool);
     tcase_add_test(tc, async_outcome_with_spool_reject);
     tcase_add_test(tc, async_accepted_with_spool);
+    tcase_add_test(tc, defer_accepted_with_spool);
+    tcase_add_test(tc, defer_accepted_without_spool);
+    tcase_add_test(tc, defer_outcome_with_spool);
     tcase_add_test(tc, async_outcome_at_stop);
     tcase_add_test(tc, async_outcome_at_stop_with_spool);
     suite_add_tcase(s, tc);

@@ -942,6 +942,115 @@ static void as_queue(struct od_spool *s, struct as_ctx *c, uint32_t i, uint64_t 
     ck_assert_msg(rc == 0, "append_async: %s", strerror(-rc));
 }
 
+static void as_queue_deferred(struct od_spool *s, struct as_ctx *c, uint32_t i, uint64_t *seq)
+{
+    unsigned char buf[512];
+    size_t len = payload_make(buf, 9, i);
+    unsigned char *copy = malloc(len);
+    struct as_arg *a = malloc(sizeof(*a));
+
+    ck_assert(copy != NULL && a != NULL);
+    memcpy(copy, buf, len);
+    *a = (struct as_arg){ .c = c, .i = i };
+    ck_assert_int_eq(od_spool_append_deferred(s, copy, len, as_done, a, seq), 0);
+}
+
+static uint64_t sp_records(struct od_spool *s)
+{
+    struct od_spool_stats st;
+
+    od_spool_stats(s, &st);
+    return st.records;
+}
+
+static unsigned as_total(struct as_ctx *c)
+{
+    pthread_mutex_lock(&c->mu);
+    unsigned t = c->total;
+    pthread_mutex_unlock(&c->mu);
+    return t;
+}
+
+/* Two event loops: each defers a few records, flushes, and finds every
+ * callback of its own records called when the flush returns. */
+struct df_loop {
+    struct od_spool *s;
+    struct as_ctx    c;
+    uint32_t         base;
+    unsigned         late;
+};
+
+static void *df_loop_main(void *arg)
+{
+    struct df_loop *l = arg;
+    uint64_t seq;
+
+    for (uint32_t i = 0; i < 400; i++) {
+        as_queue_deferred(l->s, &l->c, l->base + i, &seq);
+        if (i % 9 == 8 || i == 399) {
+            od_spool_flush(l->s);
+            if (as_total(&l->c) != i + 1)
+                l->late++;
+        }
+    }
+    return NULL;
+}
+
+/* od_spool_append_deferred: the writer thread leaves the records to the
+ * caller's od_spool_flush, which writes them and has called every callback
+ * when it returns; a shutdown still writes what nobody flushed. */
+START_TEST(test_deferred_flush)
+{
+    struct od_spool *s = sp_open(0, 64 * 1024, 1);
+    static struct as_ctx c;
+    static struct df_loop loops[2];
+    uint64_t seq;
+    pthread_t th[2];
+
+    memset(&c, 0, sizeof(c));
+    pthread_mutex_init(&c.mu, NULL);
+    for (uint32_t i = 0; i < 50; i++)
+        as_queue_deferred(s, &c, i, &seq);
+    usleep(100 * 1000);
+    ck_assert_uint_eq(as_total(&c), 0);          /* nobody wrote them */
+    ck_assert_uint_eq(sp_records(s), 0);
+    od_spool_flush(s);
+    ck_assert_uint_eq(as_total(&c), 50);         /* all, before flush returned */
+    ck_assert_int_eq(c.bad_rc, 0);
+    ck_assert_uint_eq(sp_records(s), 50);
+    od_spool_flush(s);                           /* nothing queued: returns */
+
+    for (int k = 0; k < 2; k++) {
+        memset(&loops[k], 0, sizeof(loops[k]));
+        pthread_mutex_init(&loops[k].c.mu, NULL);
+        loops[k].s = s;
+        loops[k].base = (uint32_t)k * 400;
+        ck_assert_int_eq(pthread_create(&th[k], NULL, df_loop_main, &loops[k]), 0);
+    }
+    for (int k = 0; k < 2; k++) {
+        pthread_join(th[k], NULL);
+        ck_assert_uint_eq(loops[k].late, 0);
+        ck_assert_uint_eq(loops[k].c.total, 400);
+        ck_assert_int_eq(loops[k].c.bad_rc, 0);
+        pthread_mutex_destroy(&loops[k].c.mu);
+    }
+    ck_assert_uint_eq(sp_records(s), 850);
+
+    /* deferred and never flushed: shutdown writes them */
+    c.total = 0;
+    for (uint32_t i = 0; i < 20; i++)
+        as_queue_deferred(s, &c, i, &seq);
+    od_spool_shutdown(s);
+    ck_assert_uint_eq(c.total, 20);
+    ck_assert_int_eq(c.bad_rc, 0);
+    od_spool_close(s);
+    s = sp_open(0, 64 * 1024, 1);
+    ck_assert_uint_eq(sp_records(s), 870);
+    od_spool_close(s);
+    pthread_mutex_destroy(&c.mu);
+}
+END_TEST
+
 START_TEST(test_async_append)
 {
     struct od_spool *s = sp_open(0, 64 * 1024, 1);
@@ -1051,6 +1160,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, test_shutdown);
     tcase_add_test(tc, test_lock);
     tcase_add_test(tc, test_async_append);
+    tcase_add_test(tc, test_deferred_flush);
     suite_add_tcase(su, tc);
     return su;
 }

@@ -11,13 +11,20 @@
  * "processed" (every stage has finished it; 422 if it was dead-lettered,
  * 503 if it did not finish, 504 after acknowledge_timeout).
  *
- * Event-driven (threads > 0 and a core with submit_async, ABI 1.1): MHD's
- * epoll thread(s) read a request, suspend its connection and hand the order
- * to host->submit_async(); the completion stores the result in a ticket and
- * resumes the connection, and MHD calls the handler again to answer.  A few
- * threads then serve every connection, and all the requests waiting at once
- * share one group-committed fdatasync.  Otherwise (threads = 0, or an ABI
- * 1.0 core) each request blocks its thread in host->submit().
+ * Event-driven (threads > 0 and a core with submit_async and submit_flush,
+ * ABI 1.2): each of `threads` event loops runs its own MHD daemon (external
+ * epoll mode, one SO_REUSEPORT listening socket each, so the kernel spreads
+ * connections).  One turn of a loop: wait for events, let MHD read what
+ * arrived (the handler hands each order to host->submit_async() with
+ * ORDERD_SUBMIT_DEFER and leaves the request unanswered), then
+ * host->submit_flush(): the loop's own thread writes the turn's orders as
+ * one group commit and their done() calls mark the tickets ready, and the
+ * next turn's MHD_run() calls the handler again, which answers.  No thread
+ * hand-over and no suspend/resume per request.  With acknowledge =
+ * "processed" the answer waits for the pipeline, so the connection is
+ * suspended and done() resumes it.  Otherwise (threads = 0, or a host
+ * without those calls, like the unit-test harness) each request blocks its
+ * thread in host->submit().
  *
  * Ticket lifetime: a ticket has two references, the request's (dropped when
  * MHD completes the request) and the core's (dropped by done(), or at once
@@ -40,6 +47,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -91,6 +100,7 @@ struct hp_ticket {
     struct MHD_Connection  *conn;
     /* under h->tk_lock */
     enum hp_tk_state        state;
+    bool                    suspended;       /* whoever decides it must resume conn */
     unsigned                refs;
     int64_t                 deadline_ms;     /* processed mode: monotonic */
     struct hp_ticket       *prev, *next;     /* h->tk_head list while WAITING */
@@ -124,12 +134,16 @@ struct hp {
     struct http_idem   *idem;
     bool                processed;       /* acknowledge = "processed" */
     int64_t             ack_timeout_ms;
-    bool                async;           /* submit_async and suspended connections */
+    bool                async;           /* event loops, submit_async + submit_flush */
 
     /* runtime */
-    struct MHD_Daemon  *mhd;
+    struct MHD_Daemon  *mhd;             /* threads = 0 or blocking: MHD's own threads */
     int                 listen_fd;
     atomic_bool         stopping;
+    struct hp_loop     *loops;           /* async: one per thread */
+    unsigned            nloops;
+    atomic_int          loop_cmd;        /* enum hp_loop_cmd */
+    unsigned            loops_quiesced;  /* under tk_lock */
 
     pthread_mutex_t     pend_lock;
     struct hp_pend    **pend_buckets;
@@ -152,6 +166,22 @@ struct hp {
 
 enum hp_route { HP_R_ORDERS = 1, HP_R_ORDER, HP_R_COMMAND };
 
+/* Deferred submits made by this thread's handlers since its loop last
+ * flushed (async mode: loop threads only). */
+static __thread unsigned hp_tl_deferred;
+
+/* One event loop (async mode): its own daemon, listening socket and epoll. */
+enum hp_loop_cmd { HP_LOOP_RUN, HP_LOOP_QUIESCE, HP_LOOP_QUIT };
+struct hp_loop {
+    struct hp          *h;
+    struct MHD_Daemon  *mhd;
+    int                 listen_fd;
+    int                 ep;              /* MHD's epoll fd and wake_fd */
+    int                 wake_fd;         /* eventfd: loop_cmd changed */
+    pthread_t           thread;
+    bool                running;
+};
+
 /* One request, alive from its headers to MHD's completion callback. */
 struct hp_req {
     enum hp_route  route;
@@ -168,13 +198,14 @@ struct hp_req {
     char          *reply;        /* the 202 body */
     char          *idem_key;     /* reserved Idempotency-Key, or NULL */
     bool           resumed;      /* the answer from the ticket was queued */
+    unsigned       turns;        /* calls that found the ticket still waiting */
 };
 
 static const orderd_option hp_options[] = {
     { .key = "listen", .type = ORDERD_T_STRING, .def = "127.0.0.1:8080",
       .help = "Address and port to listen on: \"host:port\", \"[ipv6]:port\" or \"*:port\" for all addresses (port 0 picks a free one)" },
     { .key = "threads", .type = ORDERD_T_INT, .def = "2",
-      .help = "Event threads serving all connections (requests wait for the spool without holding a thread); 0 = one thread per connection, each request blocking it" },
+      .help = "Event loops serving all connections, each with its own listening socket on the same port (SO_REUSEPORT; the kernel spreads new connections); a request waits for the spool without holding a thread, and each loop writes what it read in one group commit; 0 = one thread per connection, each request blocking it" },
     { .key = "max_connections", .type = ORDERD_T_INT, .def = "1024",
       .help = "Maximum number of concurrent client connections" },
     { .key = "max_header", .type = ORDERD_T_SIZE, .def = "16KiB",
@@ -717,9 +748,10 @@ static void hp_ticket_free(struct hp_ticket *t)
 }
 
 /* Decides t's answer (tk_lock held, t WAITING): takes it off the waiting
- * list and counts a resume under way.  reason is copied (NULL on ENOMEM
- * only costs the detail).  RETURNS: the connection the caller must resume
- * once it has unlocked, then call hp_resumed(). */
+ * list and, when its connection is suspended, counts a resume under way.
+ * reason is copied (NULL on ENOMEM only costs the detail).  RETURNS: the
+ * connection the caller must hp_resume() once it has unlocked, or NULL when
+ * there is none (the handler, called again each loop turn, answers). */
 static struct MHD_Connection *hp_ticket_decide(struct hp *h, struct hp_ticket *t,
                                                const struct hp_result *res)
 {
@@ -732,15 +764,32 @@ static struct MHD_Connection *hp_ticket_decide(struct hp *h, struct hp_ticket *t
     if (t->prev) t->prev->next = t->next; else h->tk_head = t->next;
     if (t->next) t->next->prev = t->prev; else h->tk_tail = t->prev;
     t->prev = t->next = NULL;
-    h->tk_resuming++;
     pthread_cond_broadcast(&h->tk_cond);
+    if (!t->suspended)
+        return NULL;
+    h->tk_resuming++;
     return t->conn;
 }
 
-/* After MHD_resume_connection(): stop() waits for this before stopping MHD. */
+/* Resumes conn and wakes its loop: in external epoll mode MHD's own wake-up
+ * does not reach the loop's epoll_wait (0.9.75), so the resumed request
+ * would wait for the next event or timeout.  Then tells stop(), which waits
+ * for resumes under way before stopping MHD. */
 static void hp_resume(struct hp *h, struct MHD_Connection *conn)
 {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
+    struct hp_loop *loop = NULL;
+
+    for (unsigned i = 0; ci != NULL && i < h->nloops; i++)
+        if (h->loops[i].mhd == ci->daemon)
+            loop = &h->loops[i];
     MHD_resume_connection(conn);
+    if (loop != NULL) {
+        uint64_t one = 1;
+        if (write(loop->wake_fd, &one, sizeof one) < 0) {
+            /* only at 2^64-2 unread wake-ups */
+        }
+    }
     pthread_mutex_lock(&h->tk_lock);
     if (--h->tk_resuming == 0)
         pthread_cond_broadcast(&h->tk_cond);
@@ -784,8 +833,8 @@ static void hp_ticket_release(struct hp *h, struct hp_ticket *t)
         /* MHD never completes a suspended request; if it ever did, make
          * sure nobody resumes a connection that is gone. */
         struct hp_result r = { .why = HP_TK_ABANDONED };
-        hp_ticket_decide(h, t, &r);
-        h->tk_resuming--;
+        if (hp_ticket_decide(h, t, &r) != NULL)
+            h->tk_resuming--;
     }
     last = --t->refs == 0;
     if (--h->tk_requests == 0)
@@ -815,6 +864,8 @@ static void *hp_reaper(void *arg)
         }
         struct hp_result r = { .why = HP_TK_TIMEOUT };
         struct MHD_Connection *conn = hp_ticket_decide(h, t, &r);
+        if (conn == NULL)
+            continue;
         pthread_mutex_unlock(&h->tk_lock);
         hp_resume(h, conn);
         pthread_mutex_lock(&h->tk_lock);
@@ -823,12 +874,18 @@ static void *hp_reaper(void *arg)
     return NULL;
 }
 
-/* Suspends the connection and hands m to submit_async(); the answer comes
- * in hp_resumed().  Takes m and r->reply. */
+static hp_ret hp_resumed(struct hp *h, struct MHD_Connection *c, struct hp_req *r);
+
+/* Hands m to submit_async() with ORDERD_SUBMIT_DEFER: this loop's
+ * submit_flush() writes it at the end of the turn, and the handler's next
+ * call answers from the ticket (hp_resumed).  Waiting for the pipeline
+ * (processed), the connection is suspended first, as done() may come from
+ * any thread and resumes it.  Takes m and r->reply. */
 static hp_ret hp_submit_async(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
                               orderd_msg *m)
 {
-    unsigned flags = ORDERD_SUBMIT_NOWAIT | (h->processed ? ORDERD_SUBMIT_OUTCOME : 0);
+    unsigned flags = ORDERD_SUBMIT_NOWAIT | ORDERD_SUBMIT_DEFER |
+                     (h->processed ? ORDERD_SUBMIT_OUTCOME : 0);
     struct hp_ticket *t = calloc(1, sizeof *t);
     struct hp_result res = { .why = HP_TK_DONE, .rc = -ENOMEM };
     int rc;
@@ -845,8 +902,12 @@ static hp_ret hp_submit_async(struct hp *h, struct MHD_Connection *c, struct hp_
         res.rc = -ESHUTDOWN;
         goto fail;
     }
-    if (h->processed)
+    if (h->processed) {
         t->deadline_ms = hp_now_ms() + h->ack_timeout_ms;
+        /* Suspend first: done() may resume before submit_async() returns. */
+        t->suspended = true;
+        MHD_suspend_connection(c);
+    }
     t->prev = h->tk_tail;
     if (h->tk_tail) h->tk_tail->next = t; else h->tk_head = t;
     h->tk_tail = t;
@@ -856,15 +917,18 @@ static hp_ret hp_submit_async(struct hp *h, struct MHD_Connection *c, struct hp_
     pthread_mutex_unlock(&h->tk_lock);
     r->ticket = t;
 
-    /* Suspend first: done() may resume before submit_async() returns. */
-    MHD_suspend_connection(c);
+    hp_tl_deferred++;
     rc = h->host->submit_async(h->inst, m, flags, hp_done, t);
     if (rc != 0) {
         /* done() will not be called: settle in its place. */
         res.rc = rc;
         hp_ticket_settle(t, &res);
     }
-    return MHD_YES;   /* neither t nor r may be touched any more */
+    if (h->processed)
+        return MHD_YES;   /* suspended: neither t nor r may be touched any more */
+    /* Not suspended, so r and our reference to t stay ours; already
+     * decided (no spool, or a failed submit), it is answered now. */
+    return hp_resumed(h, c, r);
 
 fail:
     h->host->msg_free(m);
@@ -883,8 +947,17 @@ static hp_ret hp_resumed(struct hp *h, struct MHD_Connection *c, struct hp_req *
 
     pthread_mutex_lock(&h->tk_lock);
     if (t->state != HP_TK_READY) {
+        /* Not written yet (the turn's flush comes after this call), or
+         * waiting for the pipeline.  The loop calls us again every turn
+         * while we leave the request unanswered: a request still waiting
+         * after its turn's flush (never expected) is suspended instead, so
+         * that the loop does not spin. */
+        if (!t->suspended && r->turns++ > 0) {
+            t->suspended = true;
+            MHD_suspend_connection(c);
+        }
         pthread_mutex_unlock(&h->tk_lock);
-        return MHD_YES;   /* not ours to answer yet */
+        return MHD_YES;
     }
     reason = t->reason;
     t->reason = NULL;
@@ -1426,10 +1499,11 @@ static int hp_create(orderd_inst *inst, const orderd_host *host, const json_t *c
     s = json_string_value(json_object_get(conf, "acknowledge"));
     h->processed = s != NULL && strcmp(s, "processed") == 0;
     h->ack_timeout_ms = json_integer_value(json_object_get(conf, "acknowledge_timeout"));
-    h->async = h->threads > 0 && ORDERD_HOST_HAS(host, submit_async);
+    h->async = h->threads > 0 && ORDERD_HOST_HAS(host, submit_async) &&
+               ORDERD_HOST_HAS(host, submit_flush);
     if (h->processed && !h->async) {
         host->log(inst, ORDERD_LOG_ERR, "acknowledge = \"processed\" needs threads > 0 and a core "
-                  "providing submit_async (plugin ABI 1.1)");
+                  "providing submit_async and submit_flush (plugin ABI 1.2)");
         goto fail;
     }
     if (h->processed && h->ack_timeout_ms < 1) {
@@ -1498,7 +1572,9 @@ fail:
 
 /* Binds the listening socket ourselves: the bound port is then known for
  * any MHD version (port 0 in tests), and bind errors are reported clearly. */
-static int hp_bind(struct hp *h)
+/* Opens h->listen_fd; with reuseport, SO_REUSEPORT is set so that more
+ * sockets can share the port (hp_bind_more). */
+static int hp_bind(struct hp *h, bool reuseport)
 {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
@@ -1522,6 +1598,8 @@ static int hp_bind(struct hp *h)
                 continue;
             }
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (reuseport)
+                setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
             if (ai->ai_family == AF_INET6) {
                 int v6only = h->listen_host != NULL;
                 setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
@@ -1543,6 +1621,34 @@ static int hp_bind(struct hp *h)
     return 0;
 }
 
+/* Another listening socket on h->listen_fd's address and port (picked by
+ * the kernel when the configuration said 0).  RETURNS: the fd, or -errno. */
+static int hp_bind_more(struct hp *h)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd, one = 1, v6only = 0, err;
+
+    if (getsockname(h->listen_fd, (struct sockaddr *)&ss, &sl) != 0)
+        return -errno;
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (ss.ss_family == AF_INET6) {
+        socklen_t vl = sizeof v6only;
+        getsockopt(h->listen_fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &vl);
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+    }
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
+        err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
 static int hp_bound_port(int fd)
 {
     struct sockaddr_storage ss;
@@ -1557,6 +1663,155 @@ static int hp_bound_port(int fd)
 
 static void hp_stop(void *state);
 
+static void hp_loops_cmd(struct hp *h, enum hp_loop_cmd cmd)
+{
+    uint64_t one = 1;
+
+    atomic_store(&h->loop_cmd, cmd);
+    for (unsigned i = 0; i < h->nloops; i++)
+        if (h->loops[i].wake_fd >= 0 && write(h->loops[i].wake_fd, &one, sizeof one) < 0) {
+            /* an eventfd only refuses at 2^64-2 unread wake-ups */
+        }
+}
+
+/* One event loop; see the top comment. */
+static void *hp_loop_main(void *arg)
+{
+    struct hp_loop *l = arg;
+    struct hp *h = l->h;
+    bool quiesced = false;
+
+    for (;;) {
+        enum hp_loop_cmd cmd = atomic_load(&h->loop_cmd);
+        if (cmd != HP_LOOP_RUN && !quiesced) {
+            /* No new connections; stop() closes the socket. */
+            MHD_quiesce_daemon(l->mhd);
+            quiesced = true;
+            pthread_mutex_lock(&h->tk_lock);
+            h->loops_quiesced++;
+            pthread_cond_broadcast(&h->tk_cond);
+            pthread_mutex_unlock(&h->tk_lock);
+        }
+        if (cmd == HP_LOOP_QUIT)
+            break;
+
+        MHD_UNSIGNED_LONG_LONG to;
+        int timeout = -1;
+        if (MHD_get_timeout(l->mhd, &to) == MHD_YES)
+            timeout = to > INT_MAX ? INT_MAX : (int)to;
+        struct epoll_event ev[2];
+        int n = epoll_wait(l->ep, ev, 2, timeout);
+        for (int i = 0; i < n; i++) {
+            uint64_t v;
+            if (ev[i].data.fd == l->wake_fd && read(l->wake_fd, &v, sizeof v) < 0) {
+                /* EAGAIN: another turn already took it */
+            }
+        }
+        /* Read and submit; write what was submitted (one group commit);
+         * run MHD again at once so that the handlers answer (and read what
+         * came meanwhile), until a run submits nothing more. */
+        do {
+            hp_tl_deferred = 0;
+            MHD_run(l->mhd);
+            if (hp_tl_deferred > 0)
+                h->host->submit_flush(h->inst);
+        } while (hp_tl_deferred > 0);
+    }
+    return NULL;
+}
+
+static void hp_loops_free(struct hp *h)
+{
+    for (unsigned i = 0; i < h->nloops; i++) {
+        struct hp_loop *l = &h->loops[i];
+        if (l->mhd != NULL) {
+            MHD_stop_daemon(l->mhd);
+            l->listen_fd = -1;  /* MHD closed it, unless quiesced: then stop() did */
+        }
+        if (l->listen_fd >= 0)
+            close(l->listen_fd);
+        if (l->ep >= 0)
+            close(l->ep);
+        if (l->wake_fd >= 0)
+            close(l->wake_fd);
+    }
+    free(h->loops);
+    h->loops = NULL;
+    h->nloops = 0;
+    h->listen_fd = -1;
+}
+
+/* Starts h->threads loops on h->listen_fd (loop 0's) plus a socket each for
+ * the others.  opts: the options every daemon shares, ending in END. */
+static int hp_loops_start(struct hp *h, unsigned flags, const struct MHD_OptionItem *opts)
+{
+    unsigned n = h->threads;
+    int rc = 0;
+
+    h->loops = calloc(n, sizeof *h->loops);
+    if (h->loops == NULL)
+        return -ENOMEM;
+    h->nloops = n;
+    h->loops_quiesced = 0;
+    atomic_store(&h->loop_cmd, HP_LOOP_RUN);
+    for (unsigned i = 0; i < n; i++)
+        h->loops[i] = (struct hp_loop){ .h = h, .listen_fd = -1, .ep = -1, .wake_fd = -1 };
+    for (unsigned i = 0; i < n && rc == 0; i++) {
+        struct hp_loop *l = &h->loops[i];
+        const union MHD_DaemonInfo *info;
+        struct epoll_event ev = { .events = EPOLLIN };
+
+        l->listen_fd = i == 0 ? h->listen_fd : hp_bind_more(h);
+        if (l->listen_fd < 0) {
+            rc = l->listen_fd;
+            h->host->log(h->inst, ORDERD_LOG_ERR, "cannot open listening socket %u: %s", i + 1,
+                         strerror(-rc));
+            break;
+        }
+        l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, hp_handler, h,
+                                  MHD_OPTION_EXTERNAL_LOGGER, hp_mhd_log, h,
+                                  MHD_OPTION_NOTIFY_COMPLETED, hp_completed, h,
+                                  MHD_OPTION_LISTEN_SOCKET, l->listen_fd,
+                                  MHD_OPTION_CONNECTION_LIMIT,
+                                  (unsigned)((h->max_connections + n - 1) / n),
+                                  MHD_OPTION_ARRAY, opts,
+                                  MHD_OPTION_END);
+        info = l->mhd ? MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+        l->ep = epoll_create1(EPOLL_CLOEXEC);
+        l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (info == NULL || l->ep < 0 || l->wake_fd < 0) {
+            h->host->log(h->inst, ORDERD_LOG_ERR, "cannot start the HTTP server");
+            rc = -EIO;
+            break;
+        }
+        ev.data.fd = info->epoll_fd;
+        if (epoll_ctl(l->ep, EPOLL_CTL_ADD, info->epoll_fd, &ev) != 0) {
+            rc = -errno;
+            break;
+        }
+        ev.data.fd = l->wake_fd;
+        if (epoll_ctl(l->ep, EPOLL_CTL_ADD, l->wake_fd, &ev) != 0) {
+            rc = -errno;
+            break;
+        }
+    }
+    for (unsigned i = 0; i < n && rc == 0; i++) {
+        rc = -pthread_create(&h->loops[i].thread, NULL, hp_loop_main, &h->loops[i]);
+        if (rc == 0)
+            h->loops[i].running = true;
+        else
+            h->host->log(h->inst, ORDERD_LOG_ERR, "cannot start an event thread: %s", strerror(-rc));
+    }
+    if (rc != 0) {
+        hp_loops_cmd(h, HP_LOOP_QUIT);
+        for (unsigned i = 0; i < n; i++)
+            if (h->loops[i].running)
+                pthread_join(h->loops[i].thread, NULL);
+        hp_loops_free(h);
+    }
+    return rc;
+}
+
 static int hp_start(void *state)
 {
     struct hp *h = state;
@@ -1568,15 +1823,15 @@ static int hp_start(void *state)
     atomic_store(&h->stopping, false);
     h->tk_closed = false;
     h->reaper_quit = false;
-    rc = hp_bind(h);
+    rc = hp_bind(h, h->async && h->threads > 1);
     if (rc != 0)
         return rc;
     if (h->threads == 0) {
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
+    } else if (h->async) {
+        flags |= MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;   /* our loops run it */
     } else {
         flags |= MHD_USE_AUTO_INTERNAL_THREAD;
-        if (h->async)
-            flags |= MHD_ALLOW_SUSPEND_RESUME;
         if (h->threads > 1)
             opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_THREAD_POOL_SIZE, h->threads, NULL };
     }
@@ -1589,21 +1844,28 @@ static int hp_start(void *state)
      * write buffers, hence the headroom over max_header. */
     opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_MEMORY_LIMIT,
                                          (intptr_t)(h->max_header + 16 * 1024), NULL };
-    opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_LIMIT, h->max_connections, NULL };
     opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_TIMEOUT, h->timeout_s, NULL };
-    opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, h->listen_fd, NULL };
-    opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
-
-    h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, hp_handler, h,
-                              MHD_OPTION_EXTERNAL_LOGGER, hp_mhd_log, h,
-                              MHD_OPTION_NOTIFY_COMPLETED, hp_completed, h,
-                              MHD_OPTION_ARRAY, opts,
-                              MHD_OPTION_END);
-    if (h->mhd == NULL) {
-        h->host->log(h->inst, ORDERD_LOG_ERR, "cannot start the HTTP server");
-        close(h->listen_fd);
-        h->listen_fd = -1;
-        return -EIO;
+    int port = hp_bound_port(h->listen_fd);
+    if (h->async) {
+        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
+        rc = hp_loops_start(h, flags, opts);
+        if (rc != 0)
+            return rc;
+    } else {
+        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_LIMIT, h->max_connections, NULL };
+        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, h->listen_fd, NULL };
+        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
+        h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, hp_handler, h,
+                                  MHD_OPTION_EXTERNAL_LOGGER, hp_mhd_log, h,
+                                  MHD_OPTION_NOTIFY_COMPLETED, hp_completed, h,
+                                  MHD_OPTION_ARRAY, opts,
+                                  MHD_OPTION_END);
+        if (h->mhd == NULL) {
+            h->host->log(h->inst, ORDERD_LOG_ERR, "cannot start the HTTP server");
+            close(h->listen_fd);
+            h->listen_fd = -1;
+            return -EIO;
+        }
     }
     if (h->processed) {
         rc = pthread_create(&h->reaper, NULL, hp_reaper, h);
@@ -1614,7 +1876,6 @@ static int hp_start(void *state)
         }
         h->reaper_running = true;
     }
-    int port = hp_bound_port(h->listen_fd);
     h->host->log(h->inst, ORDERD_LOG_INFO, "Order API listening on %s%s%s:%d%s",
                  h->listen_host && strchr(h->listen_host, ':') ? "[" : "",
                  h->listen_host ? h->listen_host : "*",
@@ -1643,9 +1904,11 @@ static void hp_stop_tickets(struct hp *h)
     while (h->tk_head != NULL) {
         struct hp_result r = { .why = HP_TK_SHUTDOWN };
         struct MHD_Connection *conn = hp_ticket_decide(h, h->tk_head, &r);
+        answered++;
+        if (conn == NULL)
+            continue;
         pthread_mutex_unlock(&h->tk_lock);
         hp_resume(h, conn);
-        answered++;
         pthread_mutex_lock(&h->tk_lock);
     }
     while (h->tk_resuming > 0)
@@ -1669,6 +1932,28 @@ static void hp_stop(void *state)
 {
     struct hp *h = state;
 
+    if (h->loops != NULL) {
+        /* As below, with each loop quiescing its own daemon (MHD calls in
+         * external mode belong to the loop's thread), and the loops kept
+         * turning until the waiting requests have their answers sent. */
+        atomic_store(&h->stopping, true);
+        hp_loops_cmd(h, HP_LOOP_QUIESCE);
+        pthread_mutex_lock(&h->tk_lock);
+        while (h->loops_quiesced < h->nloops)
+            pthread_cond_wait(&h->tk_cond, &h->tk_lock);
+        pthread_mutex_unlock(&h->tk_lock);
+        for (unsigned i = 0; i < h->nloops; i++) {
+            close(h->loops[i].listen_fd);
+            h->loops[i].listen_fd = -1;
+        }
+        hp_stop_tickets(h);
+        hp_loops_cmd(h, HP_LOOP_QUIT);
+        for (unsigned i = 0; i < h->nloops; i++)
+            if (h->loops[i].running)
+                pthread_join(h->loops[i].thread, NULL);
+        hp_loops_free(h);
+        return;
+    }
     if (h->mhd == NULL)
         return;
     /* New requests on open connections get 503; stop accepting connections
@@ -1677,8 +1962,6 @@ static void hp_stop(void *state)
     MHD_socket fd = MHD_quiesce_daemon(h->mhd);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
-    if (h->async)
-        hp_stop_tickets(h);
     MHD_stop_daemon(h->mhd);
     h->mhd = NULL;
     h->listen_fd = -1;

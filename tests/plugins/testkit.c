@@ -54,6 +54,8 @@ static const orderd_option tk_input_options[] = {
       .help = "append \"<id> <outcome> <reason or ->\\n\" to this file for every ack" },
     { .key = "async", .type = ORDERD_T_STRING, .choices = "no|accepted|outcome", .def = "no",
       .help = "submit with submit_async (ABI 1.1): \"accepted\" or \"outcome\" (ORDERD_SUBMIT_OUTCOME)" },
+    { .key = "defer_every", .type = ORDERD_T_INT, .def = "0",
+      .help = "async (ABI 1.2): submit with ORDERD_SUBMIT_DEFER and call submit_flush after every N submits (and after the last); metric testkit_flush_late counts accepted submits whose done() had not come when submit_flush returned" },
     { .key = "record_done", .type = ORDERD_T_PATH, .flags = ORDERD_OPT_STATE,
       .help = "async: append \"<id> <rc> <outcome> <reason or ->\\n\" for every completion" },
     { .key = NULL }
@@ -106,6 +108,10 @@ struct tk {
     int64_t             count;
     int                 nowait;
     int                 async;          /* 0, 1 accepted, 2 outcome */
+    int64_t             defer_every;    /* 0: no ORDERD_SUBMIT_DEFER */
+    int64_t             deferred;       /* submits since the last flush (feed thread only) */
+    int64_t             ndone;          /* done() calls (atomic) */
+    int64_t             nsubmitted;     /* async submits accepted (feed thread only) */
     int                 done_fd;
 };
 
@@ -358,7 +364,21 @@ tk_done(void *arg, int rc, const orderd_result *res)
         tk_append(d->tk, d->tk->done_fd, line);
         free(line);
     }
+    __atomic_add_fetch(&d->tk->ndone, 1, __ATOMIC_RELEASE);
     free(d);
+}
+
+/* defer_every: write what was deferred; accepted done()s must all be in. */
+static void
+tk_flush(struct tk *tk)
+{
+    if (tk->deferred == 0)
+        return;
+    tk->deferred = 0;
+    tk->h->submit_flush(tk->inst);
+    int64_t late = tk->nsubmitted - __atomic_load_n(&tk->ndone, __ATOMIC_ACQUIRE);
+    if (tk->async == 1)
+        tk->h->metric_add(tk->inst, "testkit_flush_late", late > 0 ? (double)late : 0);
 }
 
 static int
@@ -376,10 +396,17 @@ tk_submit(struct tk *tk, orderd_msg *m, const char *id)
     }
     d->tk = tk;
     snprintf(d->id, sizeof(d->id), "%s", id);
+    if (tk->defer_every > 0)
+        flags |= ORDERD_SUBMIT_DEFER;
     int rc = tk->h->submit_async(tk->inst, m, flags | (tk->async == 2 ? ORDERD_SUBMIT_OUTCOME : 0),
                                  tk_done, d);
-    if (rc < 0)
+    if (rc < 0) {
         free(d);
+        return rc;
+    }
+    tk->nsubmitted++;
+    if (tk->defer_every > 0 && ++tk->deferred >= tk->defer_every)
+        tk_flush(tk);
     return rc;
 }
 
@@ -424,6 +451,7 @@ tk_feed(void *arg)
         }
         h->metric_add(tk->inst, "testkit_submitted", 1);
     }
+    tk_flush(tk);
     return NULL;
 }
 
@@ -520,6 +548,12 @@ tk_create_kind(orderd_inst *inst, const orderd_host *h, const json_t *conf, void
         const char *async = json_string_value(json_object_get(conf, "async"));
         tk->async = async == NULL ? 0 : strcmp(async, "accepted") == 0 ? 1
                                        : strcmp(async, "outcome") == 0 ? 2 : 0;
+        tk->defer_every = json_integer_value(json_object_get(conf, "defer_every"));
+        if (tk->defer_every > 0 && (!tk->async || !ORDERD_HOST_HAS(h, submit_flush))) {
+            h->log(inst, ORDERD_LOG_ERR, "defer_every needs async and a host with ABI 1.2");
+            rc = -EINVAL;
+            goto fail;
+        }
         if (tk->async && !ORDERD_HOST_HAS(h, submit_async)) {
             h->log(inst, ORDERD_LOG_ERR, "async needs a host with ABI 1.1");
             rc = -ENOTSUP;

@@ -22,6 +22,9 @@
  *   1.1  host->submit_async() and ORDERD_SUBMIT_OUTCOME: an input hands over
  *        a message without blocking and hears back when it is durable, or
  *        when the pipeline is finished with it.  ORDERD_HOST_HAS().
+ *   1.2  ORDERD_SUBMIT_DEFER and host->submit_flush(): an event loop's
+ *        submits of one turn are written by the loop's own thread, in one
+ *        group commit, instead of being handed to the spool's writer thread.
  *
  * Ownership, in one rule: the host owns every orderd_msg; a plugin borrows
  * it for the duration of a callback (or, for PENDING, until it calls
@@ -41,7 +44,7 @@ extern "C" {
 #endif
 
 #define ORDERD_ABI_MAJOR 1u
-#define ORDERD_ABI_MINOR 1u
+#define ORDERD_ABI_MINOR 2u
 
 /* Name of the one symbol a plugin exports. */
 #define ORDERD_PLUGIN_SYMBOL "orderd_plugin_v1"
@@ -163,8 +166,10 @@ typedef struct orderd_inst orderd_inst;  /* the host's handle for one configured
 /* submit() and submit_async() flags */
 enum {
     ORDERD_SUBMIT_NOWAIT  = 1u << 0, /* return -EAGAIN instead of blocking when full */
-    ORDERD_SUBMIT_OUTCOME = 1u << 1  /* submit_async (1.1): report when the pipeline is
+    ORDERD_SUBMIT_OUTCOME = 1u << 1, /* submit_async (1.1): report when the pipeline is
                                       * finished with the message, not when it is accepted */
+    ORDERD_SUBMIT_DEFER   = 1u << 2  /* submit_async (1.2): the caller calls submit_flush()
+                                      * before it next waits; see submit_flush */
 };
 
 /*
@@ -290,7 +295,23 @@ typedef struct orderd_host {
     int (*submit_async)(orderd_inst *inst, orderd_msg *m, unsigned flags,
                         orderd_submit_done done, void *arg);
 
-    /* ABI 1.2+ members go below this line only. */
+    /* ---- ABI 1.2 (test with ORDERD_HOST_HAS(host, submit_flush)) ---- */
+
+    /* SUBMIT_FLUSH - write the records of this thread's submit_async(...,
+     * ORDERD_SUBMIT_DEFER) calls.  A deferred submit is queued for the
+     * spool's next group commit without waking the spool's writer thread;
+     * an event loop submits what one turn read, then calls this once, and
+     * the loop's own thread writes the group (one fdatasync) and calls the
+     * done() of every record in it (without ORDERD_SUBMIT_OUTCOME) before
+     * this returns.  So an input need not wait for a wake-up from another
+     * thread to answer.  It may block for a disk write.  Another caller's
+     * group may take a deferred record along (its done() then comes from
+     * there, still before this returns).  Without a spool, deferred submits
+     * are admitted at once and this returns at once.
+     * RETURNS: 0. */
+    int (*submit_flush)(orderd_inst *inst);
+
+    /* ABI 1.3+ members go below this line only. */
 } orderd_host;
 
 /* Does the running host provide this orderd_host member?  For members added
