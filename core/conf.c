@@ -81,7 +81,7 @@ static const orderd_option spool_options[] = {
     { .key = "segment_bytes", .type = ORDERD_T_SIZE, .def = "64MiB",
       .help = "size of one segment file; completed segments are deleted" },
     { .key = "sync", .type = ORDERD_T_BOOL, .def = "true",
-      .help = "fdatasync before an input is told a message is accepted (group commit)" },
+      .help = "fdatasync before an input is told a message is accepted (group commit); the segment being written is then zero-filled ahead of its records, so that fdatasync overwrites allocated blocks instead of growing the file (a segment file takes segment_bytes on disk before it is full)" },
     { .key = NULL }
 };
 
