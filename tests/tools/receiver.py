@@ -6,10 +6,13 @@ appends one NDJSON line per request to --log:
 
   {"seq": 1, "time": 1700000000.123, "method": "POST", "path": "/hook",
    "headers": {"Content-Type": "...", ...}, "body": "<raw body as text>",
-   "status": 200}
+   "status": 200, "delay": 0.0}
 
-The line is written (and flushed) when the request arrives, before any
---delay, so a test can see a request that is still being held.
+status and delay are the answer chosen for the request when it was read.
+The line is written (and flushed) then, before any delay, so a test can see
+a request that is still being held: one logged with a delay is unanswered
+until the delay has passed, and its client cannot have sent another request
+on that connection meanwhile.
 
 Control at runtime (never recorded):
   POST /__control  {"status": 503, "delay": 0.5, "retry_after": 2, "count": 3, "then": 200}
@@ -111,7 +114,8 @@ def make_handler(state, log):
             status, delay, retry_after, seq = state.next_answer()
             rec = {"seq": seq, "time": time.time(), "method": self.command,
                    "path": path, "headers": dict(self.headers.items()),
-                   "body": body.decode("utf-8", "replace"), "status": status}
+                   "body": body.decode("utf-8", "replace"), "status": status,
+                   "delay": delay}
             with state.lock:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
