@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/lowmark.h"
 #include "cosmos.h"
 
 struct cos_feed {
@@ -40,8 +41,8 @@ struct cos_feed {
     pthread_mutex_t     mu;
     pthread_cond_t      cond;
     int                 stopping;
-    uint64_t            submitted, acked;   /* of the page in flight */
-    uint64_t            gen;                /* page number: late acks of an abandoned page do not count */
+    struct lowmark      page;           /* documents of the page in flight; reset per page,
+                                           so late acks of an abandoned page do not count */
 };
 
 static void
@@ -211,13 +212,13 @@ cos_feed_submit_page(struct cos_feed *f, json_t *docs, const char *range)
     int rc = 0;
 
     pthread_mutex_lock(&f->mu);
-    f->submitted = f->acked = 0;
-    f->gen++;
+    lowmark_reset(&f->page, (struct lowmark_pos) { .off = 0 });
     pthread_mutex_unlock(&f->mu);
     json_array_foreach(docs, i, d) {
         const char *id = json_string_value(json_object_get(d, "id"));
         json_t *etag = json_object_get(d, "_etag"), *ts = json_object_get(d, "_ts"), *body;
         char *pkhdr = NULL, *pk = NULL, num[32];
+        uint64_t ticket;
         orderd_msg *m;
 
         if (!json_is_object(d))
@@ -247,7 +248,6 @@ cos_feed_submit_page(struct cos_feed *f, json_t *docs, const char *range)
             h->msg_set_enqueued_ms(m, (int64_t) json_integer_value(ts) * 1000);
         }
         h->msg_set_prop(m, "cosmos_range", range);
-        h->msg_set_input_data(m, NULL, f->gen);
         /* system properties stay out of the body (and out of what is published) */
         json_object_del(body, "_rid");
         json_object_del(body, "_self");
@@ -257,21 +257,29 @@ cos_feed_submit_page(struct cos_feed *f, json_t *docs, const char *range)
         json_object_del(body, "_lsn");
         free(pkhdr);
         free(pk);
+        /* Before submit: the ack may come before submit returns.  The
+         * checkpoint is per page, so only whether all of the page is acked
+         * matters, not where the mark is (here: documents up to this one). */
         pthread_mutex_lock(&f->mu);
-        f->submitted++;   /* before submit: the ack may come before submit returns */
+        rc = lowmark_add(&f->page, (struct lowmark_pos) { .off = i + 1 }, &ticket);
         pthread_mutex_unlock(&f->mu);
+        if (rc < 0) {
+            h->msg_free(m);
+            break;
+        }
+        h->msg_set_input_data(m, NULL, ticket);
         rc = h->submit(f->inst, m, 0);
         if (rc < 0) {
             pthread_mutex_lock(&f->mu);
-            f->submitted--;
+            lowmark_cancel(&f->page, ticket);
             pthread_mutex_unlock(&f->mu);
             break;
         }
     }
     pthread_mutex_lock(&f->mu);
-    while (rc == 0 && f->acked < f->submitted && !f->stopping)
+    while (rc == 0 && lowmark_pending(&f->page) > 0 && !f->stopping)
         pthread_cond_wait(&f->cond, &f->mu);
-    if (rc == 0 && f->acked < f->submitted)
+    if (rc == 0 && lowmark_pending(&f->page) > 0)
         rc = -ESHUTDOWN;
     pthread_mutex_unlock(&f->mu);
     return rc;
@@ -421,16 +429,15 @@ static void
 cos_feed_ack(void *state, orderd_msg *m, orderd_outcome outcome, const char *reason)
 {
     struct cos_feed *f = state;
-    uint64_t gen = 0;
+    uint64_t ticket = 0;
 
-    f->h->msg_input_data(m, &gen);
+    f->h->msg_input_data(m, &ticket);
     /* without SF_REDELIVERS the core already retried or dead-lettered: every ack is final */
     if (outcome != ORDERD_OK)
         f->h->log(f->inst, ORDERD_LOG_DEBUG, "cosmos: document acked with outcome %d (%s)",
                   (int) outcome, reason ? reason : "");
     pthread_mutex_lock(&f->mu);
-    if (gen == f->gen)
-        f->acked++;
+    lowmark_ack(&f->page, ticket);
     pthread_cond_broadcast(&f->cond);
     pthread_mutex_unlock(&f->mu);
 }
@@ -534,6 +541,7 @@ cos_feed_destroy(void *state)
         return;
     cos_client_fini(&f->cli);
     json_decref(f->ranges);
+    lowmark_free(&f->page);
     pthread_cond_destroy(&f->cond);
     pthread_mutex_destroy(&f->mu);
     free(f->db);

@@ -1,10 +1,11 @@
 /* file_input.c - the `file` input: one message per NDJSON line.
  *
  * Lines are read on a thread of our own and submitted in file order, but
- * workers finish them in any order.  So we keep the lines in flight (sorted
- * by offset, since we submit in order) and persist only the low-water mark:
- * the offset before which every line was acked.  A restart resumes there and
- * re-reads at most the lines that were in flight (at-least-once, never a gap).
+ * workers finish them in any order.  So we keep the lines in flight in a
+ * low-water mark (../common/lowmark.h) and persist only the mark: the offset
+ * before which every line was acked or needed no ack.  A restart resumes
+ * there and re-reads at most the lines that were in flight (at-least-once,
+ * never a gap).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/lowmark.h"
 #include "file.h"
 
 #define FI_READ_CHUNK   (64 * 1024)
@@ -45,14 +47,6 @@ static const orderd_option fi_options[] = {
     { .key = "max_line", .type = ORDERD_T_SIZE, .def = "1MiB",
       .help = "longest accepted line in bytes; longer lines are dead-lettered" },
     { .key = NULL }
-};
-
-/* One submitted line that the pipeline has not acked yet. */
-struct fi_line {
-    uint64_t start;      /* offset of its first byte */
-    uint64_t end;        /* just past its newline */
-    uint64_t lineno;     /* 1-based */
-    int      done;
 };
 
 struct fi {
@@ -87,15 +81,9 @@ struct fi {
 
     /* Shared with ack() and commits. */
     pthread_mutex_t     mtx;
-    struct fi_line     *lines;           /* in flight: [head, tail), ascending start */
-    size_t              head, tail, lcap;
-    uint64_t            gen;             /* bumped when the file is replaced: stale acks */
+    struct lowmark      lm;              /* lines in flight; off = offset, line = lines before */
     uint64_t            ino;
     int                 persist;         /* a regular file is open: the mark means something */
-    uint64_t            read_off;        /* just past the last line handled */
-    uint64_t            read_line;
-    uint64_t            acked_off;       /* end of the last line popped from lines[] */
-    uint64_t            acked_line;
     int64_t             last_commit_ms;
     int                 committed;       /* committed_* below are valid */
     uint64_t            committed_off, committed_ino;
@@ -104,23 +92,6 @@ struct fi {
 };
 
 /* ---- offset bookkeeping ---------------------------------------------- */
-
-/* The low-water mark, with fi->mtx held. */
-static void
-fi_low_water(const struct fi *fi, uint64_t *off, uint64_t *line)
-{
-    if (fi->head < fi->tail) {
-        *off = fi->lines[fi->head].start;
-        *line = fi->lines[fi->head].lineno - 1;
-    } else if (fi->acked_off > fi->read_off) {
-        /* The reader has not yet noted the line whose ack emptied the list. */
-        *off = fi->acked_off;
-        *line = fi->acked_line;
-    } else {
-        *off = fi->read_off;
-        *line = fi->read_line;
-    }
-}
 
 static int
 fi_mkdir_p(const char *dir)
@@ -151,6 +122,7 @@ fi_mkdir_p(const char *dir)
 static int
 fi_commit(struct fi *fi, int force)
 {
+    struct lowmark_pos mark;
     uint64_t off, line, ino;
     char tmp[PATH_MAX];
     char *text = NULL;
@@ -171,7 +143,9 @@ fi_commit(struct fi *fi, int force)
         goto out;
     }
     fi->last_commit_ms = now;
-    fi_low_water(fi, &off, &line);
+    mark = lowmark_mark(&fi->lm);
+    off = mark.off;
+    line = mark.line;
     ino = fi->ino;
     /* Before the file is open there is no mark: never overwrite a saved one. */
     int same = !fi->persist
@@ -243,12 +217,7 @@ fi_reset(struct fi *fi, uint64_t ino, int persist)
 {
     pthread_mutex_lock(&fi->mtx);
     fi->persist = persist;
-    fi->gen++;
-    fi->head = fi->tail = 0;
-    fi->read_off = 0;
-    fi->read_line = 0;
-    fi->acked_off = 0;
-    fi->acked_line = 0;
+    lowmark_reset(&fi->lm, (struct lowmark_pos){ .off = 0, .line = 0 });
     fi->ino = ino;
     pthread_mutex_unlock(&fi->mtx);
     fi->len = 0;
@@ -257,43 +226,25 @@ fi_reset(struct fi *fi, uint64_t ino, int persist)
     fi->skipping = 0;
 }
 
-/* A line that needs no ack (blank, dead-lettered) is behind us now. */
+/* A line that needs no ack (blank, dead-lettered) is behind us now.  Lines
+ * are handled in file order and each one ends where the next starts, so the
+ * mark is always just before the oldest line in flight. */
 static void
 fi_resolved(struct fi *fi, uint64_t end, uint64_t lineno)
 {
     pthread_mutex_lock(&fi->mtx);
-    fi->read_off = end;
-    fi->read_line = lineno;
+    lowmark_pass(&fi->lm, (struct lowmark_pos){ .off = end, .line = lineno });
     pthread_mutex_unlock(&fi->mtx);
 }
 
+/* A line about to be submitted.  RETURNS: 0 with *ticket set, or -ENOMEM. */
 static int
-fi_track(struct fi *fi, uint64_t start, uint64_t end, uint64_t lineno)
+fi_track(struct fi *fi, uint64_t end, uint64_t lineno, uint64_t *ticket)
 {
-    int rc = 0;
+    int rc;
 
     pthread_mutex_lock(&fi->mtx);
-    if (fi->head > 0 && fi->head == fi->tail)
-        fi->head = fi->tail = 0;
-    if (fi->tail == fi->lcap) {
-        if (fi->head > 0) {
-            /* Slide down before growing: the array only needs the lines in flight. */
-            memmove(fi->lines, fi->lines + fi->head, (fi->tail - fi->head) * sizeof(*fi->lines));
-            fi->tail -= fi->head;
-            fi->head = 0;
-        } else {
-            size_t ncap = fi->lcap ? fi->lcap * 2 : 256;
-            struct fi_line *nl = realloc(fi->lines, ncap * sizeof(*nl));
-            if (nl == NULL) {
-                rc = -ENOMEM;
-                goto out;
-            }
-            fi->lines = nl;
-            fi->lcap = ncap;
-        }
-    }
-    fi->lines[fi->tail++] = (struct fi_line){ .start = start, .end = end, .lineno = lineno };
-out:
+    rc = lowmark_add(&fi->lm, (struct lowmark_pos){ .off = end, .line = lineno }, ticket);
     pthread_mutex_unlock(&fi->mtx);
     return rc;
 }
@@ -386,9 +337,10 @@ fail:
     return NULL;
 }
 
-/* Handle one complete line [start, end).  RETURNS 0, or -ESHUTDOWN to stop. */
+/* Handle one complete line, just before offset end.  RETURNS 0, or
+ * -ESHUTDOWN to stop. */
 static int
-fi_line(struct fi *fi, const char *line, size_t len, uint64_t start, uint64_t end, uint64_t lineno)
+fi_line(struct fi *fi, const char *line, size_t len, uint64_t end, uint64_t lineno)
 {
     char reason[512];
     json_error_t err;
@@ -423,7 +375,8 @@ fi_line(struct fi *fi, const char *line, size_t len, uint64_t start, uint64_t en
             return rc == -ESHUTDOWN ? rc : 0;
         }
         orderd_msg *m = fi_build(fi, body);
-        if (m == NULL || fi_track(fi, start, end, lineno) < 0) {
+        uint64_t ticket;
+        if (m == NULL || fi_track(fi, end, lineno, &ticket) < 0) {
             if (m != NULL)
                 fi->h->msg_free(m);
             fi->h->log(fi->inst, ORDERD_LOG_ERR, "out of memory at line %" PRIu64 "; retrying", lineno);
@@ -431,23 +384,18 @@ fi_line(struct fi *fi, const char *line, size_t len, uint64_t start, uint64_t en
                 return -ESHUTDOWN;
             continue;
         }
-        uint64_t gen;
-        pthread_mutex_lock(&fi->mtx);
-        gen = fi->gen;
-        pthread_mutex_unlock(&fi->mtx);
-        fi->h->msg_set_input_data(m, (void *)(uintptr_t)gen, start);
+        fi->h->msg_set_input_data(m, NULL, ticket);
 
         /* NOWAIT plus our own wait on the wake pipe, rather than a blocking
          * submit: stop() must return promptly even when the pipeline is full. */
         int rc = fi->h->submit(fi->inst, m, ORDERD_SUBMIT_NOWAIT);
         if (rc == 0) {
             fi->h->metric_add(fi->inst, "file_lines", 1);
-            fi_resolved(fi, end, lineno);
             return 0;
         }
-        /* Not submitted, so never acked: only our entry can be at the tail. */
+        /* Not submitted, so never acked: ours is still the newest line. */
         pthread_mutex_lock(&fi->mtx);
-        fi->tail--;
+        lowmark_cancel(&fi->lm, ticket);
         pthread_mutex_unlock(&fi->mtx);
         if (rc == -ESHUTDOWN)
             return rc;
@@ -490,7 +438,7 @@ fi_drain(struct fi *fi, int at_eof)
             fi->lineno++;
             fi_resolved(fi, end, fi->lineno);
         } else {
-            rc = fi_line(fi, fi->buf + off, llen, start, end, fi->lineno + 1);
+            rc = fi_line(fi, fi->buf + off, llen, end, fi->lineno + 1);
             if (rc < 0)
                 break;
             fi->lineno++;
@@ -569,8 +517,7 @@ fi_open(struct fi *fi)
     if (lseek(fi->fd, (off_t)off, SEEK_SET) < 0)
         return -errno;
     pthread_mutex_lock(&fi->mtx);
-    fi->read_off = (uint64_t)off;
-    fi->read_line = (uint64_t)line;
+    lowmark_reset(&fi->lm, (struct lowmark_pos){ .off = (uint64_t)off, .line = (uint64_t)line });
     fi->committed = 1;
     fi->committed_off = (uint64_t)off;
     fi->committed_ino = (uint64_t)ino;
@@ -820,33 +767,18 @@ static void
 fi_ack(void *state, orderd_msg *m, orderd_outcome outcome, const char *reason)
 {
     struct fi *fi = state;
-    uint64_t start;
-    uint64_t gen = (uint64_t)(uintptr_t)fi->h->msg_input_data(m, &start);
+    uint64_t ticket = 0;
 
+    fi->h->msg_input_data(m, &ticket);
     /* Without SF_REDELIVERS / SF_DEADLETTERS the core redelivers and
      * dead-letters itself, so every ack means "done with this line". */
     if (outcome != ORDERD_OK)
-        fi->h->log(fi->inst, ORDERD_LOG_DEBUG, "ack %d for offset %" PRIu64 ": %s",
-                   (int)outcome, start, reason ? reason : "");
+        fi->h->log(fi->inst, ORDERD_LOG_DEBUG, "ack %d for message %s: %s",
+                   (int)outcome, fi->h->msg_id(m), reason ? reason : "");
 
     pthread_mutex_lock(&fi->mtx);
-    if (gen == fi->gen) {
-        size_t lo = fi->head, hi = fi->tail;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (fi->lines[mid].start < start)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo < fi->tail && fi->lines[lo].start == start)
-            fi->lines[lo].done = 1;
-        while (fi->head < fi->tail && fi->lines[fi->head].done) {
-            fi->acked_off = fi->lines[fi->head].end;
-            fi->acked_line = fi->lines[fi->head].lineno;
-            fi->head++;
-        }
-    }
+    /* A line of a file since replaced is no longer in flight: ignored. */
+    lowmark_ack(&fi->lm, ticket);
     int due = file_mono_ms() - fi->last_commit_ms >= fi->commit_ms;
     pthread_mutex_unlock(&fi->mtx);
     if (due)
@@ -872,7 +804,7 @@ fi_destroy(void *state)
         close(fi->wake[1]);
     pthread_mutex_destroy(&fi->mtx);
     pthread_mutex_destroy(&fi->commit_mtx);
-    free(fi->lines);
+    lowmark_free(&fi->lm);
     free(fi->buf);
     free(fi->path);
     free(fi->offset_path);

@@ -3,9 +3,10 @@
  * A thread reads events in seq order after the consumer's cursor and submits
  * each one (id = event id, body = event body, properties type / order_id /
  * version, partition key = order id).  Acks come back out of order from many
- * workers, so the in-flight seqs are kept in submit order and the cursor only
- * moves over a prefix that is wholly acked: a restart re-sends what was not
- * yet acked (at-least-once) and never skips anything.  The cursor is written
+ * workers, so the in-flight seqs are kept in a low-water mark
+ * (../common/lowmark.h) and the cursor only moves over a prefix that is
+ * wholly acked: a restart re-sends what was not yet acked (at-least-once)
+ * and never skips anything.  The cursor is written
  * at most every commit_interval and on stop, in the `cursors` table of the
  * same file.  Backpressure is submit() blocking while the pipeline is full.
  *
@@ -21,12 +22,8 @@
 #include <time.h>
 
 #include "../common/jsondec.h"
+#include "../common/lowmark.h"
 #include "sq.h"
-
-struct sqf_slot {
-    int64_t seq;
-    int     done;
-};
 
 struct sqf_row {
     int64_t  seq;
@@ -63,9 +60,7 @@ struct sqf {
     pthread_mutex_t      lock;          /* everything below */
     pthread_cond_t       cond;
     int                  stopping;
-    struct sqf_slot     *ring;          /* in flight, in submit (= seq) order */
-    size_t               cap, head, len;
-    int64_t              acked;         /* every submitted seq <= this is acked */
+    struct lowmark       inflight;      /* mark.off: every seq up to it is acked */
 };
 
 static const orderd_option sqf_options[] = {
@@ -105,66 +100,11 @@ sqf_col_dup(sqlite3_stmt *st, int col)
     return t ? strdup((const char *) t) : NULL;
 }
 
-/* ---- in-flight ring (under lock) ---- */
-
-static struct sqf_slot *
-sqf_slot_at(struct sqf *f, size_t i)
+/* The cursor as a position in the in-flight window (seqs are never negative). */
+static struct lowmark_pos
+sqf_pos(int64_t seq)
 {
-    return &f->ring[(f->head + i) % f->cap];
-}
-
-static int
-sqf_push(struct sqf *f, int64_t seq, int done)
-{
-    struct sqf_slot *nr;
-    size_t           i, ncap;
-
-    if (f->len == f->cap) {
-        ncap = f->cap ? f->cap * 2 : 256;
-        nr = malloc(ncap * sizeof(*nr));
-        if (nr == NULL)
-            return -ENOMEM;
-        for (i = 0; i < f->len; i++)
-            nr[i] = *sqf_slot_at(f, i);
-        free(f->ring);
-        f->ring = nr;
-        f->cap = ncap;
-        f->head = 0;
-    }
-    f->ring[(f->head + f->len) % f->cap] = (struct sqf_slot) { .seq = seq, .done = done };
-    f->len++;
-    return 0;
-}
-
-/* Advance the acked prefix over the slots done at the front. */
-static void
-sqf_advance(struct sqf *f)
-{
-    while (f->len > 0 && f->ring[f->head].done) {
-        f->acked = f->ring[f->head].seq;
-        f->head = (f->head + 1) % f->cap;
-        f->len--;
-    }
-}
-
-/* Mark seq done.  RETURNS: 0, or -ENOENT when it is not in flight. */
-static int
-sqf_done(struct sqf *f, int64_t seq)
-{
-    size_t lo = 0, hi = f->len, mid;
-
-    while (lo < hi) {
-        mid = lo + (hi - lo) / 2;
-        if (sqf_slot_at(f, mid)->seq < seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    if (lo == f->len || sqf_slot_at(f, lo)->seq != seq)
-        return -ENOENT;
-    sqf_slot_at(f, lo)->done = 1;
-    sqf_advance(f);
-    return 0;
+    return (struct lowmark_pos) { .off = (uint64_t) seq };
 }
 
 /* ---- cursor ---- */
@@ -199,7 +139,7 @@ sqf_commit(struct sqf *f, int force)
     if (!force && now < f->commit_at)
         return;
     pthread_mutex_lock(&f->lock);
-    acked = f->acked;
+    acked = (int64_t) lowmark_mark(&f->inflight).off;
     pthread_mutex_unlock(&f->lock);
     if (acked != f->committed)
         sqf_cursor_write(f, acked);
@@ -246,7 +186,8 @@ sqf_cursor_load(struct sqf *f, int start_end)
         f->h->log(f->inst, ORDERD_LOG_INFO, "sqlite: new feed consumer '%s' starts after seq %lld",
                   f->consumer, (long long) seq);
     }
-    f->committed = f->acked = f->next = seq;
+    f->committed = f->next = seq;
+    lowmark_reset(&f->inflight, sqf_pos(seq));
     return 0;
 
 sqlfail:
@@ -318,6 +259,7 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
     json_error_t       jerr;
     json_t            *body;
     orderd_msg        *m;
+    uint64_t           ticket;
     int                ret, bad = 0;
 
     body = jdec_loadb(r->raw, strlen(r->raw), &jerr);
@@ -337,32 +279,33 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
         h->msg_free(m);
         return -ENOMEM;
     }
-    h->msg_set_input_data(m, NULL, (uint64_t) r->seq);
+
+    if (bad) {
+        ret = h->dead_letter(f->inst, m, "sqlite: stored event body is not JSON");
+        if (ret == 0) {
+            /* done at once; the cursor passes it once everything before it is acked */
+            pthread_mutex_lock(&f->lock);
+            lowmark_pass(&f->inflight, sqf_pos(r->seq));
+            pthread_mutex_unlock(&f->lock);
+        }
+        return ret;
+    }
 
     /* in flight before submit: the ack may arrive before submit() returns */
     pthread_mutex_lock(&f->lock);
-    ret = sqf_push(f, r->seq, 0);
+    ret = lowmark_add(&f->inflight, sqf_pos(r->seq), &ticket);
     pthread_mutex_unlock(&f->lock);
     if (ret < 0) {
         h->msg_free(m);
         return ret;
     }
-
-    if (bad) {
-        ret = h->dead_letter(f->inst, m, "sqlite: stored event body is not JSON");
-        pthread_mutex_lock(&f->lock);
-        if (ret == 0)
-            sqf_done(f, r->seq);
-        else
-            f->len--;           /* last pushed, still not done: take it back */
-        pthread_mutex_unlock(&f->lock);
-        return ret;
-    }
+    h->msg_set_input_data(m, NULL, ticket);
 
     ret = h->submit(f->inst, m, 0);
     if (ret < 0) {
+        /* never entered the pipeline: no ack will come */
         pthread_mutex_lock(&f->lock);
-        f->len--;               /* never entered the pipeline: no ack will come */
+        lowmark_cancel(&f->inflight, ticket);
         pthread_mutex_unlock(&f->lock);
     }
     return ret;
@@ -484,20 +427,20 @@ static void
 sqf_ack(void *state, orderd_msg *m, orderd_outcome outcome, const char *reason)
 {
     struct sqf *f = state;
-    uint64_t    seq = 0;
+    uint64_t    ticket = 0;
     int         ret;
 
-    f->h->msg_input_data(m, &seq);
+    f->h->msg_input_data(m, &ticket);
     /* without SF_REDELIVERS the core settled RETRY/REJECT itself: every ack is final */
     if (outcome != ORDERD_OK)
         f->h->log(f->inst, ORDERD_LOG_DEBUG, "sqlite: event %s acked with outcome %d (%s)",
                   f->h->msg_id(m), (int) outcome, reason ? reason : "");
     pthread_mutex_lock(&f->lock);
-    ret = sqf_done(f, (int64_t) seq);
+    ret = lowmark_ack(&f->inflight, ticket);
     pthread_mutex_unlock(&f->lock);
     if (ret < 0)
-        f->h->log(f->inst, ORDERD_LOG_WARN, "sqlite: ack for seq %llu which is not in flight",
-                  (unsigned long long) seq);
+        f->h->log(f->inst, ORDERD_LOG_WARN, "sqlite: ack for event %s which is not in flight",
+                  f->h->msg_id(m));
 }
 
 static int
@@ -583,7 +526,7 @@ sqf_destroy(void *state)
         sqlite3_close(f->db);
     pthread_cond_destroy(&f->cond);
     pthread_mutex_destroy(&f->lock);
-    free(f->ring);
+    lowmark_free(&f->inflight);
     free(f->rows);
     free(f->consumer);
     free(f->path);
