@@ -4,19 +4,14 @@
  * put-token with SAS and Entra ID tokens, a refused token, publish
  * dispositions, peek-lock outcomes incl. dead-letter info, lock renewal,
  * redelivery with a grown delivery count).  The responder is started and
- * stopped by PID inside each test. */
+ * stopped by PID inside each test (th_peer_start). */
 #include "config.h"
 
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <proton/message.h>
@@ -28,30 +23,16 @@
 #define KEY     "test-key-0123456789"
 #define AUD_Q   "orders"
 
-static int64_t
-mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-nap(void)
-{
-    struct timespec ts = { 0, 20 * 1000000 };
-
-    nanosleep(&ts, NULL);
-}
+#define mono_ms() th_mono_ms()
+#define nap()     th_nap_ms(20)
 
 /* ---- the responder ---------------------------------------------------- */
 
 struct resp {
-    pid_t pid;
-    int   port;
-    int   http_port;
-    char  log[512];
+    struct th_peer peer;
+    int            port;
+    int            http_port;
+    char           log[512];
 };
 
 static int
@@ -73,8 +54,7 @@ resp_start2(struct resp *r, int refuse, const char *renew_status)
 {
     const char *src = getenv("TESTS_SRCDIR");
     char script[512], portfile[512], httpfile[512], aud[128];
-    int64_t deadline = mono_ms() + WAIT_MS;
-    pid_t parent = getpid();
+    int rc;
 
     memset(r, 0, sizeof(*r));
     snprintf(script, sizeof(script), "%s/peers/cbs_responder.py", src ? src : ".");
@@ -82,30 +62,19 @@ resp_start2(struct resp *r, int refuse, const char *renew_status)
     snprintf(portfile, sizeof(portfile), "%s/responder.port", th_state_dir());
     snprintf(httpfile, sizeof(httpfile), "%s/responder.http", th_state_dir());
     snprintf(aud, sizeof(aud), "sb://127.0.0.1/%s", AUD_Q);
-    unlink(portfile);
     unlink(httpfile);
     unlink(r->log);
-    r->pid = fork();
-    ck_assert_int_ge(r->pid, 0);
-    if (r->pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
 
-        /* die with the test even when it is killed by a timeout */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(1);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        execl("/usr/bin/python3", "python3", script, "--port-file", portfile, "--http-port-file",
-              httpfile, "--audience", aud, "--key", KEY, "--log", r->log,
-              "--renew-status", renew_status, refuse ? "--refuse" : (char *) NULL, (char *) NULL);
-        _exit(127);
-    }
-    while ((r->port = read_port(portfile)) == 0 || (r->http_port = read_port(httpfile)) == 0) {
-        ck_assert_msg(mono_ms() < deadline, "cbs_responder.py did not start");
-        ck_assert_int_eq(waitpid(r->pid, NULL, WNOHANG), 0);
-        nap();
-    }
+    const char *const argv[] = { "/usr/bin/python3", script, "--port-file", portfile,
+                                 "--http-port-file", httpfile, "--audience", aud, "--key", KEY,
+                                 "--log", r->log, "--renew-status", renew_status,
+                                 refuse ? "--refuse" : NULL, NULL };
+    rc = th_peer_start(&r->peer, argv, NULL, portfile, WAIT_MS);
+    ck_assert_msg(rc == 0, "cbs_responder.py did not start: %s", strerror(-rc));
+    r->port = r->peer.port;
+    /* written before the AMQP listener starts, so it is there by now */
+    r->http_port = read_port(httpfile);
+    ck_assert_int_ne(r->http_port, 0);
 }
 
 static void
@@ -117,11 +86,7 @@ resp_start(struct resp *r, int refuse)
 static void
 resp_stop(struct resp *r)
 {
-    if (r->pid > 0) {
-        kill(r->pid, SIGTERM);
-        waitpid(r->pid, NULL, 0);
-        r->pid = 0;
-    }
+    th_peer_stop(&r->peer);
 }
 
 /* Lines of the responder's log that contain every one of the needles. */
