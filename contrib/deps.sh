@@ -18,7 +18,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     ca-certificates git build-essential autoconf automake libtool pkg-config \
     libconfig-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev \
-    libcurl4-openssl-dev libssl-dev libqpid-proton11-dev librdkafka-dev \
+    libcurl4-openssl-dev libssl-dev libqpid-proton11-dev librdkafka-dev libjemalloc-dev \
     check curl python3 python3-qpid-proton rabbitmq-server procps openssl groff-base man-db ${ORDERD_EXTRA_PACKAGES:-} >/dev/null
 # Node.js runs test-side tools only (a Cosmos DB-compatible server and the
 # official Azure SDKs as independent checkers, tests/peers/).  @azure/cosmos

@@ -461,7 +461,8 @@ int main(int argc, char **argv)
         case OPT_HELP_CONFIG: help_config = 1; break;
         case OPT_JSON: json = 1; break;
         case 'V':
-            printf("orderd %s (plugin ABI %u.%u)\n", PACKAGE_VERSION, ORDERD_ABI_MAJOR, ORDERD_ABI_MINOR);
+            printf("orderd %s (plugin ABI %u.%u, allocator %s)\n", PACKAGE_VERSION, ORDERD_ABI_MAJOR,
+                   ORDERD_ABI_MINOR, OD_ALLOCATOR);
             return EX_OK_;
         case 'h':
             usage(stdout);

@@ -55,6 +55,15 @@ for f in "$TOP_SRCDIR"/etc/orderd/*.conf; do
 done
 
 "$ORDERD_BIN" --version | grep -q "plugin ABI 1\." ; check "--version names the ABI" [ $? -eq 0 ]
+# The allocator --version names is the one serving the process: jemalloc
+# answers MALLOC_CONF=stats_print by printing its statistics at exit.
+if "$ORDERD_BIN" --version | grep -q "allocator jemalloc)"; then
+    MALLOC_CONF=stats_print:true "$ORDERD_BIN" --version 2>&1 | grep -q "Begin jemalloc statistics"
+    check "jemalloc is the process allocator" [ $? -eq 0 ]
+else
+    "$ORDERD_BIN" --version | grep -q "allocator libc)"
+    check "--version names the allocator (libc)" [ $? -eq 0 ]
+fi
 "$ORDERD_BIN" --list-plugins > "$T/list.out"
 check "--list-plugins lists file" grep -q "^file .*input, publish" "$T/list.out"
 "$ORDERD_BIN" --help-plugin file > "$T/help.out"
