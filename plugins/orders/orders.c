@@ -452,7 +452,10 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
             goto done;
         }
         t = create_t;
-        snap = body != NULL ? json_deep_copy(body) : json_object();
+        /* Shallow: the snapshot's members (items, ...) are the command's
+         * own values, shared with the event's "data"; only top-level keys
+         * are set below.  See "Shared values" in the plugin's README. */
+        snap = body != NULL ? json_copy(body) : json_object();
     }
     if (snap == NULL) {
         out = h->retry(m, 0, "out of memory");
