@@ -6,7 +6,9 @@
 # a dead-lettered order, 504 after acknowledge_timeout; one event thread
 # keeps many requests waiting at once; Idempotency-Key replays in both
 # modes and is released after a 422/504; stopping the daemon while
-# requests wait answers them 503.
+# requests wait answers them 503.  HTTPS with API keys on the event loops
+# (each loop's own TLS daemon): 202 with a key, 401 without, concurrent
+# HTTPS POSTs all 202, plain HTTP refused.
 . "$(dirname "$0")/lib.sh"
 
 # post PORT PATH BODY [curl args...] : $PS status, $PT seconds, body in $T/post.body
@@ -69,6 +71,9 @@ pipeline() {   # pipeline NAME 'HTTP KEYS' 'OTHER SECTIONS'
     printf '{ name = "%s";\n  input = { plugin = "http"; listen = "127.0.0.1:0"; %s };\n  %s\n  publish = ( { plugin = "file"; path = "%s/%s.ndjson"; } ); }' \
         "$1" "$2" "$3" "$T" "$1"
 }
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$T/tls.key" -out "$T/tls.crt" 2>/dev/null
+printf '# test keys\nk-secret-1\n' > "$T/keys"
 cat > "$T/a.conf" <<CONF
 state_dir = "$T/state";
 admin = { listen = "127.0.0.1:0"; };
@@ -83,14 +88,15 @@ $(pipeline reject 'threads = 2; acknowledge = "processed";' '
 $(pipeline late 'threads = 2; acknowledge = "processed"; acknowledge_timeout = "300ms";' 'spool = { sync = true; };
   transforms = ( { plugin = "testkit"; sleep = "1500ms"; } );'),
 $(pipeline parked 'threads = 1; acknowledge = "processed";' 'spool = { sync = true; };
-  transforms = ( { plugin = "testkit"; pending = true; pending_delay = "1s"; } );')
+  transforms = ( { plugin = "testkit"; pending = true; pending_delay = "1s"; } );'),
+$(pipeline secure "threads = 2; tls_cert = \"$T/tls.crt\"; tls_key = \"$T/tls.key\"; api_keys_file = \"$T/keys\";" 'spool = { sync = true; };')
 );
 CONF
 start_orderd a "$T/a.conf" || finish
-for p in durable slow reject late parked; do
+for p in durable slow reject late parked secure; do
     declare "PORT_$p=$(api_port $p)"
 done
-need [ -n "$PORT_durable" ]; need [ -n "$PORT_slow" ]; need [ -n "$PORT_reject" ]; need [ -n "$PORT_late" ]; need [ -n "$PORT_parked" ]
+need [ -n "$PORT_durable" ]; need [ -n "$PORT_slow" ]; need [ -n "$PORT_reject" ]; need [ -n "$PORT_late" ]; need [ -n "$PORT_parked" ]; need [ -n "$PORT_secure" ]
 all "every pipeline has an Order API port"
 
 # ---- acknowledge = "accepted": many requests in flight on 2 threads ----
@@ -103,6 +109,47 @@ all "accepted: keyed POST 202"
 post "$PORT_durable" /orders '{"id":"k1"}' -H 'Idempotency-Key: key-accepted'
 need [ "$PS" = 202 ]; need grep -qi '^Idempotent-Replayed: true' "$T/post.hdr"
 all "accepted: Idempotency-Key replayed"
+
+# ---- HTTPS and API keys on the event loops ----
+code=$(curl -s -m 10 -o "$T/tls.body" -w '%{http_code}' --cacert "$T/tls.crt" \
+       -H 'Content-Type: application/json' -H 'Authorization: Bearer k-secret-1' \
+       --data-binary '{"id":"tls1"}' "https://127.0.0.1:$PORT_secure/orders")
+check "HTTPS POST with an API key: 202" [ "$code" = 202 ]
+code=$(curl -s -m 10 -o "$T/tls.body" -w '%{http_code}' --cacert "$T/tls.crt" \
+       -H 'Content-Type: application/json' --data-binary '{"id":"tls2"}' \
+       "https://127.0.0.1:$PORT_secure/orders")
+need [ "$code" = 401 ]; need grep -q '"status":401' "$T/tls.body"
+all "HTTPS POST without a key: 401 problem"
+code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+       -H 'X-API-Key: k-secret-1' --data-binary '{"id":"tls3"}' "http://127.0.0.1:$PORT_secure/orders")
+check "plain HTTP to the TLS port gets no answer" [ "$code" = 000 ]
+read -r ntls secs < <(python3 - "$PORT_secure" "$T/tls.crt" <<'PY'
+import http.client, ssl, sys, threading, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+ok = [0]
+lock = threading.Lock()
+def run(k):
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=ctx)
+    for i in range(k, 200, 20):
+        conn.request("POST", "/orders", body='{"id":"tc%d"}' % i,
+                     headers={"Content-Type": "application/json", "X-API-Key": "k-secret-1"})
+        r = conn.getresponse()
+        r.read()
+        if r.status == 202:
+            with lock:
+                ok[0] += 1
+    conn.close()
+t0 = time.monotonic()
+ts = [threading.Thread(target=run, args=(k,)) for k in range(20)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(ok[0], "%.3f" % (time.monotonic() - t0))
+PY
+)
+check "200 HTTPS POSTs over 20 connections all 202 ($secs s)" [ "${ntls:-0}" -eq 200 ]
+check "... and published exactly once (with tls1)" wait_until 30 ids_once "$T/secure.ndjson" tc 200
+check "tls1 published, tls2 and tls3 not" eval 'grep -q "\"id\":\"tls1\"" "$T/secure.ndjson" && ! grep -q "\"id\":\"tls[23]\"" "$T/secure.ndjson"'
 
 # ---- acknowledge = "processed" ----
 post "$PORT_slow" /orders '{"id":"s1"}'
