@@ -207,7 +207,7 @@ static const orderd_option hp_options[] = {
     { .key = "threads", .type = ORDERD_T_INT, .def = "2",
       .help = "Event loops serving all connections, each with its own listening socket on the same port (SO_REUSEPORT; the kernel spreads new connections); a request waits for the spool without holding a thread, and each loop writes what it read in one group commit; 0 = one thread per connection, each request blocking it" },
     { .key = "max_connections", .type = ORDERD_T_INT, .def = "1024",
-      .help = "Maximum number of concurrent client connections" },
+      .help = "Maximum number of concurrent client connections (split evenly between the event loops)" },
     { .key = "max_header", .type = ORDERD_T_SIZE, .def = "16KiB",
       .help = "Largest request line plus headers accepted; larger requests are refused" },
     { .key = "max_body", .type = ORDERD_T_SIZE, .def = "1MiB",
