@@ -771,6 +771,16 @@ static struct MHD_Connection *hp_ticket_decide(struct hp *h, struct hp_ticket *t
     return t->conn;
 }
 
+/* Wakes loop l out of its epoll_wait. */
+static void hp_loop_wake(struct hp_loop *l)
+{
+    uint64_t one = 1;
+
+    if (l->wake_fd >= 0 && write(l->wake_fd, &one, sizeof one) < 0) {
+        /* an eventfd only refuses at 2^64-2 unread wake-ups */
+    }
+}
+
 /* Resumes conn and wakes its loop: in external epoll mode MHD's own wake-up
  * does not reach the loop's epoll_wait (0.9.75), so the resumed request
  * would wait for the next event or timeout.  Then tells stop(), which waits
@@ -784,12 +794,8 @@ static void hp_resume(struct hp *h, struct MHD_Connection *conn)
         if (h->loops[i].mhd == ci->daemon)
             loop = &h->loops[i];
     MHD_resume_connection(conn);
-    if (loop != NULL) {
-        uint64_t one = 1;
-        if (write(loop->wake_fd, &one, sizeof one) < 0) {
-            /* only at 2^64-2 unread wake-ups */
-        }
-    }
+    if (loop != NULL)
+        hp_loop_wake(loop);
     pthread_mutex_lock(&h->tk_lock);
     if (--h->tk_resuming == 0)
         pthread_cond_broadcast(&h->tk_cond);
@@ -1570,9 +1576,9 @@ fail:
     return rc;
 }
 
-/* Binds the listening socket ourselves: the bound port is then known for
- * any MHD version (port 0 in tests), and bind errors are reported clearly. */
-/* Opens h->listen_fd; with reuseport, SO_REUSEPORT is set so that more
+/* Binds the listening socket (h->listen_fd) ourselves: the bound port is
+ * then known for any MHD version (port 0 in tests), and bind errors are
+ * reported clearly.  With reuseport, SO_REUSEPORT is set so that more
  * sockets can share the port (hp_bind_more). */
 static int hp_bind(struct hp *h, bool reuseport)
 {
@@ -1665,13 +1671,9 @@ static void hp_stop(void *state);
 
 static void hp_loops_cmd(struct hp *h, enum hp_loop_cmd cmd)
 {
-    uint64_t one = 1;
-
     atomic_store(&h->loop_cmd, cmd);
     for (unsigned i = 0; i < h->nloops; i++)
-        if (h->loops[i].wake_fd >= 0 && write(h->loops[i].wake_fd, &one, sizeof one) < 0) {
-            /* an eventfd only refuses at 2^64-2 unread wake-ups */
-        }
+        hp_loop_wake(&h->loops[i]);
 }
 
 /* One event loop; see the top comment. */
@@ -1720,8 +1722,13 @@ static void *hp_loop_main(void *arg)
     return NULL;
 }
 
+/* Ends the loops' threads, then frees their daemons, sockets and fds. */
 static void hp_loops_free(struct hp *h)
 {
+    hp_loops_cmd(h, HP_LOOP_QUIT);
+    for (unsigned i = 0; i < h->nloops; i++)
+        if (h->loops[i].running)
+            pthread_join(h->loops[i].thread, NULL);
     for (unsigned i = 0; i < h->nloops; i++) {
         struct hp_loop *l = &h->loops[i];
         if (l->mhd != NULL) {
@@ -1802,13 +1809,8 @@ static int hp_loops_start(struct hp *h, unsigned flags, const struct MHD_OptionI
         else
             h->host->log(h->inst, ORDERD_LOG_ERR, "cannot start an event thread: %s", strerror(-rc));
     }
-    if (rc != 0) {
-        hp_loops_cmd(h, HP_LOOP_QUIT);
-        for (unsigned i = 0; i < n; i++)
-            if (h->loops[i].running)
-                pthread_join(h->loops[i].thread, NULL);
+    if (rc != 0)
         hp_loops_free(h);
-    }
     return rc;
 }
 
@@ -1947,10 +1949,6 @@ static void hp_stop(void *state)
             h->loops[i].listen_fd = -1;
         }
         hp_stop_tickets(h);
-        hp_loops_cmd(h, HP_LOOP_QUIT);
-        for (unsigned i = 0; i < h->nloops; i++)
-            if (h->loops[i].running)
-                pthread_join(h->loops[i].thread, NULL);
         hp_loops_free(h);
         return;
     }
