@@ -667,9 +667,10 @@ static bool spool_zero_wanted(struct od_spool *s)
 {
     struct spool_seg *g = spool_active(s);
 
-    /* Not while a leader writes: its group lies past g->size. */
+    /* Not while a leader writes: its group lies past g->size.  Not before
+     * the segment's first record either: an idle spool writes nothing. */
     return !s->zero_off && s->zeroing == NULL && !s->writing && !s->closing && !s->shutdown &&
-           g->fd >= 0 &&
+           g->fd >= 0 && g->size > 0 &&
            g->zeroed < s->seg_bytes && g->zeroed < g->size + SPOOL_ZERO_AHEAD;
 }
 
