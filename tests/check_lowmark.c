@@ -1,6 +1,7 @@
-/* check_lowmark.c - the low-water mark shared by the file, sqlite and cosmos
- * inputs (plugins/common/lowmark.c): acks in any order, records that need
- * no ack, failed submits, resets, and a long run against a plain model. */
+/* check_lowmark.c - the low-water mark shared by the file, sqlite, cosmos
+ * and kafka inputs (plugins/common/lowmark.c): acks in any order, records
+ * that need no ack, failed submits, resets, the window's span, and a long
+ * run against a plain model. */
 #include "config.h"
 
 #include <check.h>
@@ -177,6 +178,45 @@ START_TEST(reset_refuses_stale_acks)
 }
 END_TEST
 
+/* The span counts what the ring holds: from the oldest message in flight
+ * to the newest, acked ones included, passed records not. */
+START_TEST(span_follows_the_window)
+{
+    struct lowmark lm = { 0 };
+    uint64_t t[4], c;
+
+    ck_assert_uint_eq(lowmark_span(&lm), 0);
+    t[0] = add(&lm, 10, 1);
+    lowmark_pass(&lm, at(11, 2));
+    t[1] = add(&lm, 20, 3);
+    t[2] = add(&lm, 30, 4);
+    t[3] = add(&lm, 40, 5);
+    ck_assert_uint_eq(lowmark_span(&lm), 4);
+
+    /* Acks behind the oldest one in flight free nothing. */
+    ck_assert_int_eq(lowmark_ack(&lm, t[1]), 0);
+    ck_assert_int_eq(lowmark_ack(&lm, t[3]), 0);
+    ck_assert_uint_eq(lowmark_pending(&lm), 2);
+    ck_assert_uint_eq(lowmark_span(&lm), 4);
+    ck_assert_int_eq(lowmark_ack(&lm, t[0]), 0);
+    ck_assert_uint_eq(lowmark_span(&lm), 2);        /* t[2] and the acked t[3] */
+
+    /* A cancel gives its room back; a reset empties the window. */
+    c = add(&lm, 50, 6);
+    ck_assert_uint_eq(lowmark_span(&lm), 3);
+    ck_assert_int_eq(lowmark_cancel(&lm, c), 0);
+    ck_assert_uint_eq(lowmark_span(&lm), 2);
+    lowmark_reset(&lm, at(0, 0));
+    ck_assert_uint_eq(lowmark_span(&lm), 0);
+    ck_assert_int_eq(lowmark_ack(&lm, t[2]), -ENOENT);
+
+    t[0] = add(&lm, 5, 1);
+    ck_assert_int_eq(lowmark_ack(&lm, t[0]), 0);
+    ck_assert_uint_eq(lowmark_span(&lm), 0);
+    lowmark_free(&lm);
+}
+END_TEST
+
 static uint64_t
 rng_next(uint64_t *s)
 {
@@ -245,6 +285,7 @@ START_TEST(long_run_against_model)
         ck_assert_uint_eq(lowmark_mark(&lm).off, done);
         ck_assert_uint_eq(lowmark_mark(&lm).line, done);
         ck_assert_uint_eq(lowmark_pending(&lm), nopen);
+        ck_assert_uint_eq(lowmark_span(&lm), done <= rec ? added - slot[done] : 0);
     }
     ck_assert_uint_ge(lm.cap, maxspan);
     ck_assert_uint_lt(lm.cap, 2 * maxspan);
@@ -276,6 +317,7 @@ main(void)
     tcase_add_test(tc, passed_records);
     tcase_add_test(tc, cancel_newest);
     tcase_add_test(tc, reset_refuses_stale_acks);
+    tcase_add_test(tc, span_follows_the_window);
     tcase_add_test(tc, long_run_against_model);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);

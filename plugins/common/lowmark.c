@@ -116,6 +116,12 @@ lowmark_pending(const struct lowmark *lm)
     return lm->unacked;
 }
 
+size_t
+lowmark_span(const struct lowmark *lm)
+{
+    return lm->len;
+}
+
 void
 lowmark_free(struct lowmark *lm)
 {

@@ -16,8 +16,8 @@
  * a message from before lowmark_reset() is recognised and refused.
  *
  * Not thread-safe: the caller holds its own lock around every call.  Used
- * by the file, sqlite and cosmos inputs; each compiles it in (plugins hide
- * its symbols).
+ * by the file, sqlite, cosmos and kafka inputs; each compiles it in (plugins
+ * hide its symbols).
  */
 #ifndef LOWMARK_H
 #define LOWMARK_H
@@ -77,6 +77,13 @@ struct lowmark_pos lowmark_mark(const struct lowmark *lm);
 
 /* LOWMARK_PENDING - how many messages are in flight: added, not acked. */
 size_t lowmark_pending(const struct lowmark *lm);
+
+/* LOWMARK_SPAN - how many messages the window holds: from the oldest one
+ * in flight to the newest, acked ones included (records passed take no
+ * room).  This, not lowmark_pending(), is what the ring's memory follows,
+ * so an input that bounds it bounds that memory even when one message
+ * stays in flight long. */
+size_t lowmark_span(const struct lowmark *lm);
 
 /* LOWMARK_FREE - release the ring; lm is then as if zero-initialised. */
 void lowmark_free(struct lowmark *lm);

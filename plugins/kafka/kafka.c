@@ -5,13 +5,14 @@
  * One thread polls the consumer.  Records become messages (id, JSON body,
  * headers as properties, the key as partition key); a payload that is not
  * JSON goes to the dead letters and counts as complete.  Acks arrive from
- * any worker in any order and only mark offsets done (kafka_offsets.c); the
- * consumer thread commits the completed prefix asynchronously every
- * commit_interval, and synchronously on revoke and stop.  On revoke the
- * partition's tracking is dropped, so acks of records still in the pipeline
- * from it are ignored: the next owner fetches them again from the committed
- * offset (at-least-once, nothing skipped).  A partition with max_in_flight
- * records in the pipeline is paused until acks bring it below.
+ * any worker in any order and only mark records done in their partition's
+ * low-water mark (../common/lowmark.h); the consumer thread commits the
+ * completed prefix asynchronously every commit_interval, and synchronously
+ * on revoke and stop.  On revoke the partition's tracking is dropped, so
+ * acks of records still in the pipeline from it are ignored: the next owner
+ * fetches them again from the committed offset (at-least-once, nothing
+ * skipped).  A partition with max_in_flight records in the pipeline is
+ * paused until acks bring it below.
  *
  * librdkafka calls the rebalance and commit callbacks only from inside
  * rd_kafka_consumer_poll() / rd_kafka_consumer_close(), i.e. on the consumer
@@ -26,10 +27,42 @@
 #include <time.h>
 
 #include <librdkafka/rdkafka.h>
+#include <orderd/plugin.h>
 
-#include "kafka.h"
+#include "../common/lowmark.h"
 
 enum kf_id_from { KF_ID_OFFSET, KF_ID_KEY, KF_ID_HEADER };
+
+/*
+ * One assignment of one partition to this consumer.  A new kf_part is made
+ * for every assign, so a message delivered under an earlier assignment can
+ * never be confused with one delivered under the current one: each message
+ * keeps a pointer to the kf_part it came from and its lowmark ticket
+ * (msg_set_input_data), and an ack for a kf_part that was revoked is ignored.
+ *
+ * The low-water mark takes the records in offset order; a record ends at its
+ * offset + 1, so the mark is the offset to commit: the one after the longest
+ * completed prefix.  Offsets need not be contiguous (compaction, transaction
+ * markers).  A mark of 0 means nothing was completed yet: there is nothing
+ * to commit (committing 0 would move the group back to the start).
+ *
+ * refs counts the submitted messages not yet acked, plus one while the
+ * partition is assigned; the kf_part is freed when it drops to zero.  All
+ * fields are guarded by the stage's lock.
+ */
+struct kf_part {
+    struct kf_part *next;
+    char           *topic;
+    int32_t         partition;
+    int             assigned;   /* 0 once revoked: its acks are ignored */
+    int             paused;     /* paused for max_in_flight */
+    int64_t         rewind_to;  /* seeked back to this offset: skip others until it comes, or -1 */
+    size_t          refs;
+
+    struct lowmark  lm;         /* records in flight; mark.off = offset to commit, or 0 */
+    int64_t         last;       /* last offset taken in, or -1 */
+    int64_t         committed;  /* offset last sent to the group coordinator, or -1 */
+};
 
 struct kf {
     orderd_inst        *inst;
@@ -110,6 +143,58 @@ kf_mono_ms(void)
 
 /* ---- tracking (under lock) ---- */
 
+/* A tracking record for a fresh assignment, holding the assignment's
+ * reference.  RETURNS: the record, or NULL on ENOMEM. */
+static struct kf_part *
+kf_part_new(const char *topic, int32_t partition)
+{
+    struct kf_part *p = calloc(1, sizeof(*p));
+
+    if (p == NULL)
+        return NULL;
+    p->topic = strdup(topic);
+    if (p->topic == NULL) {
+        free(p);
+        return NULL;
+    }
+    p->partition = partition;
+    p->assigned = 1;
+    p->refs = 1;
+    p->last = -1;
+    p->rewind_to = -1;
+    p->committed = -1;
+    return p;
+}
+
+static void
+kf_part_free(struct kf_part *p)
+{
+    if (p == NULL)
+        return;
+    lowmark_free(&p->lm);
+    free(p->topic);
+    free(p);
+}
+
+/* Where the mark goes once the record at offset and all before it are done. */
+static struct lowmark_pos
+kf_end(int64_t offset)
+{
+    return (struct lowmark_pos) { .off = (uint64_t) offset + 1 };
+}
+
+/* The offset to commit now (the mark, when it moved past what was
+ * committed), or -1 when there is nothing new. */
+static int64_t
+kf_committable(const struct kf_part *p)
+{
+    int64_t off = (int64_t) lowmark_mark(&p->lm).off;
+
+    if (off == 0 || off == p->committed)
+        return -1;
+    return off;
+}
+
 static struct kf_part *
 kf_find(struct kf *k, const char *topic, int32_t partition)
 {
@@ -132,12 +217,17 @@ kf_unlink(struct kf_part **list, struct kf_part *p)
         }
 }
 
-/* Take p out of the assigned set; free it or keep it for its pending acks. */
+/* Take p out of the assigned set, forget what it has in flight (acks of it
+ * are ignored from now on) and drop the assignment's reference; free p or
+ * keep it for the acks still to come. */
 static void
 kf_drop(struct kf *k, struct kf_part *p)
 {
     kf_unlink(&k->parts, p);
-    if (kf_part_revoke(p)) {
+    p->assigned = 0;
+    p->paused = 0;
+    lowmark_free(&p->lm);
+    if (--p->refs == 0) {
         kf_part_free(p);
         return;
     }
@@ -166,7 +256,7 @@ kf_commit(struct kf *k, const rd_kafka_topic_partition_list_t *only, int sync)
     for (p = k->parts; p != NULL; p = p->next) {
         if (only != NULL && rd_kafka_topic_partition_list_find(only, p->topic, p->partition) == NULL)
             continue;
-        off = kf_part_committable(p);
+        off = kf_committable(p);
         if (off < 0)
             continue;
         rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = off;
@@ -457,6 +547,8 @@ kf_dispatch(struct kf *k, const rd_kafka_message_t *rkm)
     json_t            *body;
     orderd_msg        *m;
     char               reason[256];
+    uint64_t           ticket;
+    int64_t            prev;
     int                ret, bad = 0;
 
     pthread_mutex_lock(&k->lock);
@@ -468,7 +560,7 @@ kf_dispatch(struct kf *k, const rd_kafka_message_t *rkm)
         return 1;
     }
     p->rewind_to = -1;
-    if (p->len >= k->max_in_flight) {
+    if (lowmark_span(&p->lm) >= k->max_in_flight) {
         /* full: this record is fetched again once acks make room */
         p->paused = 1;
         p->rewind_to = rkm->offset;
@@ -507,24 +599,34 @@ kf_dispatch(struct kf *k, const rd_kafka_message_t *rkm)
         h->metric_add(k->inst, "kafka_dead_letters", 1);
         /* complete at once: no ack comes for a dead letter */
         pthread_mutex_lock(&k->lock);
-        kf_part_push(p, rkm->offset, 1);
+        lowmark_pass(&p->lm, kf_end(rkm->offset));
+        p->last = rkm->offset;
         pthread_mutex_unlock(&k->lock);
         return 0;
     }
 
     /* in flight before submit: the ack may come back before submit() returns */
-    h->msg_set_input_data(m, p, (uint64_t) rkm->offset);
     pthread_mutex_lock(&k->lock);
-    ret = kf_part_push(p, rkm->offset, 0);
+    ret = lowmark_add(&p->lm, kf_end(rkm->offset), &ticket);
+    prev = p->last;
+    if (ret == 0) {
+        p->last = rkm->offset;
+        p->refs++;
+    }
     pthread_mutex_unlock(&k->lock);
     if (ret < 0) {
         h->msg_free(m);
         return ret;
     }
+    h->msg_set_input_data(m, p, ticket);
     ret = h->submit(k->inst, m, 0);
     if (ret < 0) {
+        /* no ack will come: take it back, to be taken in again when refetched */
         pthread_mutex_lock(&k->lock);
-        kf_part_unpush(p, rkm->offset);
+        if (lowmark_cancel(&p->lm, ticket) == 0) {
+            p->last = prev;
+            p->refs--;
+        }
         p->rewind_to = rkm->offset;
         pthread_mutex_unlock(&k->lock);
         return ret;
@@ -576,7 +678,7 @@ kf_flow(struct kf *k)
 
     pthread_mutex_lock(&k->lock);
     for (p = k->parts; p != NULL; p = p->next) {
-        if (!p->paused || p->len >= k->max_in_flight)
+        if (!p->paused || lowmark_span(&p->lm) >= k->max_in_flight)
             continue;
         if (resume == NULL && (resume = rd_kafka_topic_partition_list_new(4)) == NULL)
             break;
@@ -701,10 +803,10 @@ kf_ack(void *state, orderd_msg *m, orderd_outcome outcome, const char *reason)
 {
     struct kf      *k = state;
     struct kf_part *p;
-    uint64_t        off = 0;
+    uint64_t        ticket = 0;
     int             ret = 0, stale;
 
-    p = k->h->msg_input_data(m, &off);
+    p = k->h->msg_input_data(m, &ticket);
     if (p == NULL)
         return;
     /* without SF_REDELIVERS the core settled RETRY/REJECT itself: every ack is final */
@@ -714,7 +816,7 @@ kf_ack(void *state, orderd_msg *m, orderd_outcome outcome, const char *reason)
     pthread_mutex_lock(&k->lock);
     stale = !p->assigned;
     if (!stale)
-        ret = kf_part_done(p, (int64_t) off);
+        ret = lowmark_ack(&p->lm, ticket);
     if (ret == 0 && --p->refs == 0) {
         kf_unlink(&k->retired, p);
         kf_part_free(p);
@@ -723,8 +825,8 @@ kf_ack(void *state, orderd_msg *m, orderd_outcome outcome, const char *reason)
     if (stale)
         k->h->metric_add(k->inst, "kafka_stale_acks", 1);
     else if (ret < 0)
-        k->h->log(k->inst, ORDERD_LOG_WARN, "kafka: ack for offset %llu which is not in flight",
-                  (unsigned long long) off);
+        k->h->log(k->inst, ORDERD_LOG_WARN, "kafka: ack for %s (offset %s) which is not in flight",
+                  k->h->msg_id(m), k->h->msg_prop(m, "kafka_offset"));
 }
 
 /* Apply one librdkafka setting.  RETURNS: 0, or -EINVAL after logging. */
