@@ -20,6 +20,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -783,7 +784,10 @@ out:
 static void mx_collect_gauges(struct mx_render *r)
 {
     for (struct od_gauge_fn *g = mx_gauges; g != NULL; g = g->next) {
-        mx_item_begin(r, g->name, g->help, 1, MX_GAUGE);
+        /* A value that only grows is named ..._total and is a counter. */
+        size_t n = strlen(g->name);
+        bool counter = n > 6 && strcmp(g->name + n - 6, "_total") == 0;
+        mx_item_begin(r, g->name, g->help, 1, counter ? MX_COUNTER : MX_GAUGE);
         mx_put_sample(&r->body, g->name, g->labels, g->fn(g->arg));
         mx_item_end(r);
     }

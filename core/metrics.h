@@ -32,7 +32,8 @@ void od_metrics_stage_observe(struct od_stage_metrics *sm, int64_t elapsed_ns);
 
 /* A gauge whose value is read at render time, e.g. a pipeline's queue depth.
  * name is a full metric name (orderd_...); labels is pre-rendered
- * `pipeline="x"` text or "".  The handle unregisters it. */
+ * `pipeline="x"` text or "".  The handle unregisters it.  A name ending in
+ * "_total" is rendered as a counter (a value that only grows). */
 struct od_gauge_fn;
 struct od_gauge_fn *od_metrics_gauge_fn(const char *name, const char *help, const char *labels,
                                         double (*fn)(void *arg), void *arg);

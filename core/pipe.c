@@ -91,6 +91,7 @@ struct od_pipe {
     size_t               nwaiters;
 
     struct od_gauge_fn  *g_queue, *g_inflight, *g_spool_bytes, *g_spool_records;
+    struct od_gauge_fn  *g_spool_commits, *g_spool_committed, *g_spool_sync;
     char                 labels[160];
 };
 
@@ -989,6 +990,27 @@ static double g_spool_records(void *arg)
     return (double)st.records;
 }
 
+static double g_spool_commits(void *arg)
+{
+    struct od_spool_stats st;
+    od_spool_stats(((struct od_pipe *)arg)->spool, &st);
+    return (double)st.commits;
+}
+
+static double g_spool_committed(void *arg)
+{
+    struct od_spool_stats st;
+    od_spool_stats(((struct od_pipe *)arg)->spool, &st);
+    return (double)st.committed;
+}
+
+static double g_spool_sync(void *arg)
+{
+    struct od_spool_stats st;
+    od_spool_stats(((struct od_pipe *)arg)->spool, &st);
+    return (double)st.sync_ns / 1e9;
+}
+
 int od_pipe_create(const struct od_pipeline_conf *pc, const char *state_dir, struct od_pipe **out)
 {
     struct od_pipe *p = calloc(1, sizeof(*p));
@@ -1055,6 +1077,15 @@ int od_pipe_create(const struct od_pipeline_conf *pc, const char *state_dir, str
         p->g_spool_records = od_metrics_gauge_fn("orderd_spool_records",
                                                  "Spooled records not yet completed", p->labels,
                                                  g_spool_records, p);
+        p->g_spool_commits = od_metrics_gauge_fn("orderd_spool_commits_total",
+                                                 "Group commits written to the spool", p->labels,
+                                                 g_spool_commits, p);
+        p->g_spool_committed = od_metrics_gauge_fn("orderd_spool_appends_total",
+                                                   "Records written to the spool by group commits",
+                                                   p->labels, g_spool_committed, p);
+        p->g_spool_sync = od_metrics_gauge_fn("orderd_spool_sync_seconds_total",
+                                              "Time spent in the group commits' fdatasync",
+                                              p->labels, g_spool_sync, p);
     }
     *out = p;
     return 0;
@@ -1157,6 +1188,9 @@ void od_pipe_destroy(struct od_pipe *p)
     od_metrics_gauge_fn_remove(p->g_inflight);
     od_metrics_gauge_fn_remove(p->g_spool_bytes);
     od_metrics_gauge_fn_remove(p->g_spool_records);
+    od_metrics_gauge_fn_remove(p->g_spool_commits);
+    od_metrics_gauge_fn_remove(p->g_spool_committed);
+    od_metrics_gauge_fn_remove(p->g_spool_sync);
     if (p->nworkers) {   /* not drained: stop now */
         od_pipe_stop_input(p);
         od_pipe_drain(p, 0);

@@ -44,12 +44,13 @@
  * caller's od_spool_flush, which leads on the caller's thread: an event loop
  * (the HTTP input) writes what one turn read and answers, with no hand-over.
  *
- * ZERO-FILL.  With sync, the writer thread also keeps the active segment
+ * ZERO-FILL.  With sync, a zeroer thread keeps the active segment
  * zeroed (written and fdatasync'ed) a few MiB past its last record, so a
  * group's fdatasync overwrites allocated blocks and commits no metadata;
  * on ext4 that halves its latency.  A leader never writes into the range
  * being zeroed (it waits; the zeroer keeps well ahead), and the zeroer never
- * runs while a group is being written.  It pushes its zeros to disk 256 KiB
+ * starts while a group is being written.  It is not the writer thread, which
+ * would leave asynchronous groups waiting behind a whole chunk.  It pushes its zeros to disk 256 KiB
  * at a time (sync_file_range), since a leader's fdatasync writes every dirty
  * page of the file, and waiting behind a chunk of zeros was a p99 spike.
  *
@@ -117,7 +118,7 @@
 
 /* Zero-filling ahead of the write position (sync spools): fdatasync after
  * overwriting blocks that are already allocated and written needs no
- * metadata commit, which halves its latency on ext4.  The writer thread
+ * metadata commit, which halves its latency on ext4.  The zeroer thread
  * keeps the active segment zeroed ZERO_AHEAD bytes past its end, in chunks
  * growing from ZERO_CHUNK_MIN (small spools write little) to ZERO_CHUNK_MAX. */
 #define SPOOL_ZERO_AHEAD     ((uint64_t)8 << 20)
@@ -198,10 +199,15 @@ struct od_spool {
     pthread_t          writer;
     bool               writer_running;
     unsigned           cb_running;  /* leaders calling asynchronous callbacks */
+    uint64_t           commits, committed, sync_ns;   /* od_spool_stats */
     uint64_t           done_seq;    /* groups are written in order: every seq up to this is */
     unsigned           flushers;    /* od_spool_flush() calls waiting on flush_cv */
     pthread_cond_t     flush_cv;    /* a group is done (done_seq moved) */
-    /* zero-filling (see SPOOL_ZERO_AHEAD); the writer thread does it */
+    /* zero-filling (see SPOOL_ZERO_AHEAD), on a thread of its own so that
+     * the writer thread's groups never wait for it */
+    pthread_t          zeroer;
+    bool               zeroer_running;
+    pthread_cond_t     zeroer_cv;   /* the zeroer thread: spool_zero_wanted() may have changed */
     bool               zero_off;    /* not for this spool (no sync, or it failed once) */
     struct spool_seg  *zeroing;     /* segment being zeroed from zero_from, or NULL */
     uint64_t           zero_from;
@@ -662,7 +668,7 @@ static void spool_wake_next(struct od_spool *s)
         pthread_cond_signal(&s->qhead->cv);
 }
 
-/* Should the writer thread zero more of the active segment?  Lock held. */
+/* Should the zeroer thread zero more of the active segment?  Lock held. */
 static bool spool_zero_wanted(struct od_spool *s)
 {
     struct spool_seg *g = spool_active(s);
@@ -738,7 +744,7 @@ static void spool_lead(struct od_spool *s)
 {
     struct spool_req *batch = s->qhead, *last = batch, *r, *next;
     struct spool_seg *act = spool_active(s), *fresh = NULL, *g;
-    uint64_t bytes = SPOOL_HDR + batch->len, base, last_seq;
+    uint64_t bytes = SPOOL_HDR + batch->len, base, last_seq, sync_ns = 0, nrec = 1;
     bool roll, sync_failed = false;
     int rc = 0;
 
@@ -748,6 +754,7 @@ static void spool_lead(struct od_spool *s)
     while (last->next != NULL && bytes + SPOOL_HDR + last->next->len <= s->seg_bytes) {
         last = last->next;
         bytes += SPOOL_HDR + last->len;
+        nrec++;
     }
     s->qhead = last->next;
     if (s->qhead == NULL)
@@ -776,13 +783,22 @@ static void spool_lead(struct od_spool *s)
     base = g->size;     /* only the leader changes it */
     if (rc == 0)
         rc = spool_write_batch(g->fd, batch, base);
-    if (rc == 0 && s->sync && fdatasync(g->fd) < 0) {
-        rc = -EIO;
-        sync_failed = true;
+    if (rc == 0 && s->sync) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (fdatasync(g->fd) < 0) {
+            rc = -EIO;
+            sync_failed = true;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        sync_ns = (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
     }
 
     pthread_mutex_lock(&s->mu);
     s->writing = false;
+    s->commits++;
+    s->committed += nrec;
+    s->sync_ns += sync_ns;
     if (fresh != NULL) {
         s->segs[s->nsegs++] = fresh;
         s->roll_next = false;
@@ -847,7 +863,7 @@ static void spool_lead(struct od_spool *s)
     if (s->flushers > 0)
         pthread_cond_broadcast(&s->flush_cv);
     if (spool_zero_wanted(s))
-        pthread_cond_signal(&s->writer_cv);
+        pthread_cond_signal(&s->zeroer_cv);
 }
 
 /* Checks, a seq and a place in the queue for r (data, len, crc set).  Lock held.
@@ -1131,11 +1147,23 @@ static void *spool_writer_main(void *arg)
         }
         if (s->closing && s->qhead == NULL)
             break;
-        if (spool_zero_wanted(s)) {
-            spool_zero_ahead(s);
-            continue;
-        }
         pthread_cond_wait(&s->writer_cv, &s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* The zeroer thread keeps the active segment zeroed ahead of its records. */
+static void *spool_zeroer_main(void *arg)
+{
+    struct od_spool *s = arg;
+
+    pthread_mutex_lock(&s->mu);
+    while (!s->closing) {
+        if (spool_zero_wanted(s))
+            spool_zero_ahead(s);
+        else
+            pthread_cond_wait(&s->zeroer_cv, &s->mu);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -1183,6 +1211,9 @@ void od_spool_stats(struct od_spool *s, struct od_spool_stats *st)
     st->bytes = s->bytes;
     st->records = s->live;
     st->segments = s->nsegs;
+    st->commits = s->commits;
+    st->committed = s->committed;
+    st->sync_ns = s->sync_ns;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -1529,6 +1560,7 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
     pthread_cond_init(&s->idle_cv, NULL);
     pthread_cond_init(&s->flush_cv, NULL);
     pthread_cond_init(&s->zero_cv, NULL);
+    pthread_cond_init(&s->zeroer_cv, NULL);
 
     s->dir = strdup(o->dir);
     if (s->dir == NULL) {
@@ -1562,6 +1594,12 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
         goto fail;
     }
     s->writer_running = true;
+    if (!s->zero_off) {
+        if (pthread_create(&s->zeroer, NULL, spool_zeroer_main, s) == 0)
+            s->zeroer_running = true;
+        else
+            s->zero_off = true;   /* only a lost optimisation */
+    }
     *out = s;
     return 0;
 
@@ -1583,6 +1621,14 @@ void od_spool_close(struct od_spool *s)
         pthread_join(s->writer, NULL);
         s->writer_running = false;
     }
+    if (s->zeroer_running) {
+        pthread_mutex_lock(&s->mu);
+        s->closing = true;
+        pthread_cond_signal(&s->zeroer_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->zeroer, NULL);
+        s->zeroer_running = false;
+    }
     for (size_t i = 0; i < s->nsegs; i++)
         spool_seg_free(s->segs[i]);
     free(s->segs);
@@ -1597,6 +1643,7 @@ void od_spool_close(struct od_spool *s)
     pthread_cond_destroy(&s->idle_cv);
     pthread_cond_destroy(&s->flush_cv);
     pthread_cond_destroy(&s->zero_cv);
+    pthread_cond_destroy(&s->zeroer_cv);
     free(s->zeros);
     pthread_mutex_destroy(&s->mu);
     free(s);

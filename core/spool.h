@@ -70,6 +70,9 @@ struct od_spool_stats {
     uint64_t bytes;         /* on disk */
     uint64_t records;       /* not yet completed */
     uint64_t segments;
+    uint64_t commits;       /* groups written (each one write, and one fdatasync when syncing) */
+    uint64_t committed;     /* records in those groups */
+    uint64_t sync_ns;       /* time spent in those groups' fdatasync */
 };
 void od_spool_stats(struct od_spool *s, struct od_spool_stats *st);
 

@@ -524,6 +524,14 @@ START_TEST(test_gauge_fn_values)
     ck_assert_ptr_nonnull(strstr(text, "orderd_spool_bytes{pipeline=\"x\"} 12345678\n"));
     free(text);
 
+    /* A ..._total function is a counter. */
+    gi = od_metrics_gauge_fn("orderd_spool_commits_total", "Commits.", "", gauge_value, &v);
+    text = od_metrics_render(NULL);
+    ck_assert_ptr_nonnull(strstr(text, "# TYPE orderd_spool_commits_total counter\n"));
+    ck_assert_ptr_nonnull(strstr(text, "# TYPE orderd_spool_bytes gauge\n"));
+    free(text);
+    od_metrics_gauge_fn_remove(gi);
+
     special = INFINITY;
     gi = od_metrics_gauge_fn("orderd_inf", "h", "", gauge_value, &special);
     text = od_metrics_render(NULL);

@@ -1066,6 +1066,7 @@ START_TEST(test_deferred_flush)
     struct od_spool *s = sp_open(0, 64 * 1024, 1);
     static struct as_ctx c;
     static struct df_loop loops[2];
+    struct od_spool_stats st;
     uint64_t seq;
     pthread_t th[2];
 
@@ -1080,6 +1081,10 @@ START_TEST(test_deferred_flush)
     ck_assert_uint_eq(as_total(&c), 50);         /* all, before flush returned */
     ck_assert_int_eq(c.bad_rc, 0);
     ck_assert_uint_eq(sp_records(s), 50);
+    od_spool_stats(s, &st);                      /* as one group, one fdatasync */
+    ck_assert_uint_eq(st.commits, 1);
+    ck_assert_uint_eq(st.committed, 50);
+    ck_assert_uint_gt(st.sync_ns, 0);
     od_spool_flush(s);                           /* nothing queued: returns */
 
     for (int k = 0; k < 2; k++) {
