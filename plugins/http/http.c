@@ -11,20 +11,24 @@
  * "processed" (every stage has finished it; 422 if it was dead-lettered,
  * 503 if it did not finish, 504 after acknowledge_timeout).
  *
- * Event-driven (threads > 0 and a core with submit_async and submit_flush,
- * ABI 1.2): each of `threads` event loops runs its own MHD daemon (external
- * epoll mode, one SO_REUSEPORT listening socket each, so the kernel spreads
- * connections).  One turn of a loop: wait for events, let MHD read what
- * arrived (the handler hands each order to host->submit_async() with
- * ORDERD_SUBMIT_DEFER and leaves the request unanswered), then
- * host->submit_flush(): the loop's own thread writes the turn's orders as
- * one group commit and their done() calls mark the tickets ready, and the
- * next turn's MHD_run() calls the handler again, which answers.  No thread
- * hand-over and no suspend/resume per request.  With acknowledge =
- * "processed" the answer waits for the pipeline, so the connection is
- * suspended and done() resumes it.  Otherwise (threads = 0, or a host
- * without those calls, like the unit-test harness) each request blocks its
- * thread in host->submit().
+ * Event-driven (threads > 0 and a core with submit_async, ABI 1.1): each of
+ * `threads` event loops runs its own MHD daemon (external epoll mode, one
+ * SO_REUSEPORT listening socket each, so the kernel spreads connections).
+ * A turn of a loop: wait for events, let MHD read what arrived; the handler
+ * hands each order to host->submit_async() and leaves the request
+ * unanswered.  The spool's writer thread writes whatever is queued as one
+ * group commit while the loops go on reading, so every order that arrives
+ * during a group's fdatasync joins the next group.  done() marks the ticket
+ * ready and pokes the loop (one eventfd write per loop until it looks), and
+ * the next turn's MHD_run() calls the handler again, which answers.  No
+ * suspend/resume and no thread hand-over per request, and a loop never
+ * blocks on the disk.  MHD keeps an unanswered request on its ready list
+ * (it asks for a zero timeout), so while the loop has requests waiting it
+ * sleeps until an event or a poke instead.  With acknowledge = "processed"
+ * the answer waits for the pipeline, so the connection is suspended and
+ * done() resumes it.  Otherwise (threads = 0, or a host without
+ * submit_async, like the unit-test harness) each request blocks its thread
+ * in host->submit().
  *
  * Ticket lifetime: a ticket has two references, the request's (dropped when
  * MHD completes the request) and the core's (dropped by done(), or at once
@@ -41,6 +45,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -98,6 +103,7 @@ enum hp_tk_why {
 struct hp_ticket {
     struct hp              *h;
     struct MHD_Connection  *conn;
+    struct hp_loop         *loop;            /* async, not suspended: woken when decided */
     /* under h->tk_lock */
     enum hp_tk_state        state;
     bool                    suspended;       /* whoever decides it must resume conn */
@@ -134,7 +140,7 @@ struct hp {
     struct http_idem   *idem;
     bool                processed;       /* acknowledge = "processed" */
     int64_t             ack_timeout_ms;
-    bool                async;           /* event loops, submit_async + submit_flush */
+    bool                async;           /* event loops and submit_async */
 
     /* runtime */
     struct MHD_Daemon  *mhd;             /* threads = 0 or blocking: MHD's own threads */
@@ -166,9 +172,14 @@ struct hp {
 
 enum hp_route { HP_R_ORDERS = 1, HP_R_ORDER, HP_R_COMMAND };
 
-/* Deferred submits made by this thread's handlers since its loop last
- * flushed (async mode: loop threads only). */
-static __thread unsigned hp_tl_deferred;
+/* MHD's per-connection memory beyond max_header (see hp_start). */
+#define HP_POOL_HEADROOM 4096
+
+/* The event loop this thread runs (async mode), or NULL. */
+static __thread struct hp_loop *hp_tl_loop;
+
+/* Statuses a loop counts per turn before it reports them (hp_count). */
+#define HP_LOOP_COUNTS 8
 
 /* One event loop (async mode): its own daemon, listening socket and epoll. */
 enum hp_loop_cmd { HP_LOOP_RUN, HP_LOOP_QUIESCE, HP_LOOP_QUIT };
@@ -177,7 +188,12 @@ struct hp_loop {
     struct MHD_Daemon  *mhd;
     int                 listen_fd;
     int                 ep;              /* MHD's epoll fd and wake_fd */
-    int                 wake_fd;         /* eventfd: loop_cmd changed */
+    int                 wake_fd;         /* eventfd: loop_cmd changed, or a ticket decided */
+    atomic_bool         woken;           /* wake_fd written since the loop last looked */
+    /* loop thread only */
+    unsigned            unanswered;      /* requests waiting for their ticket */
+    struct { unsigned status, n; } counts[HP_LOOP_COUNTS];   /* hp_count() since the turn began */
+    unsigned            ncounts;
     pthread_t           thread;
     bool                running;
 };
@@ -198,18 +214,17 @@ struct hp_req {
     char          *reply;        /* the 202 body */
     char          *idem_key;     /* reserved Idempotency-Key, or NULL */
     bool           resumed;      /* the answer from the ticket was queued */
-    unsigned       turns;        /* calls that found the ticket still waiting */
 };
 
 static const orderd_option hp_options[] = {
     { .key = "listen", .type = ORDERD_T_STRING, .def = "127.0.0.1:8080",
       .help = "Address and port to listen on: \"host:port\", \"[ipv6]:port\" or \"*:port\" for all addresses (port 0 picks a free one)" },
     { .key = "threads", .type = ORDERD_T_INT, .def = "2",
-      .help = "Event loops serving all connections, each with its own listening socket on the same port (SO_REUSEPORT; the kernel spreads new connections); a request waits for the spool without holding a thread, and each loop writes what it read in one group commit; 0 = one thread per connection, each request blocking it" },
+      .help = "Event loops serving all connections, each with its own listening socket on the same port (SO_REUSEPORT; the kernel spreads new connections); a request waits for the spool without holding a thread, and orders arriving while a group commit is being synced share the next one; 0 = one thread per connection, each request blocking it" },
     { .key = "max_connections", .type = ORDERD_T_INT, .def = "1024",
       .help = "Maximum number of concurrent client connections (split evenly between the event loops)" },
-    { .key = "max_header", .type = ORDERD_T_SIZE, .def = "16KiB",
-      .help = "Largest request line plus headers accepted; larger requests are refused" },
+    { .key = "max_header", .type = ORDERD_T_SIZE, .def = "8KiB",
+      .help = "Largest request line plus headers accepted; larger requests get 431 (MHD enforces it through each connection's memory, max_header plus 4KiB of working space, so a request slightly over it may still pass)" },
     { .key = "max_body", .type = ORDERD_T_SIZE, .def = "1MiB",
       .help = "Largest request body accepted; larger bodies get 413 Payload Too Large" },
     { .key = "request_timeout", .type = ORDERD_T_DURATION, .def = "30s",
@@ -467,12 +482,62 @@ static bool hp_pend_check(struct hp *h, const char *id, bool remove)
 
 /* ---- responses -------------------------------------------------------- */
 
-static void hp_count(struct hp *h, unsigned status)
+/* Concatenates the NULL-terminated strings after dst into dst (cap bytes,
+ * truncating).  The per-request replies are built with this: printf
+ * formatting was a few percent of a request's CPU. */
+static void hp_cat(char *dst, size_t cap, ...)
+{
+    size_t len = 0;
+    const char *p;
+    va_list ap;
+
+    va_start(ap, cap);
+    while ((p = va_arg(ap, const char *)) != NULL) {
+        size_t n = strlen(p);
+        if (n > cap - 1 - len)
+            n = cap - 1 - len;
+        memcpy(dst + len, p, n);
+        len += n;
+    }
+    va_end(ap);
+    dst[len] = '\0';
+}
+
+static void hp_count_add(struct hp *h, unsigned status, unsigned n)
 {
     char name[32];
 
     snprintf(name, sizeof name, "http_requests_%u", status);
-    h->host->metric_add(h->inst, name, 1);
+    h->host->metric_add(h->inst, name, n);
+}
+
+/* Counts a response by status.  An event loop adds them up over its turn
+ * and reports each status once at the end (hp_counts_flush): a metric
+ * update takes the registry's lock. */
+static void hp_count(struct hp *h, unsigned status)
+{
+    struct hp_loop *l = hp_tl_loop;
+
+    if (l != NULL) {
+        for (unsigned i = 0; i < l->ncounts; i++)
+            if (l->counts[i].status == status) {
+                l->counts[i].n++;
+                return;
+            }
+        if (l->ncounts < HP_LOOP_COUNTS) {
+            l->counts[l->ncounts].status = status;
+            l->counts[l->ncounts++].n = 1;
+            return;
+        }
+    }
+    hp_count_add(h, status, 1);
+}
+
+static void hp_counts_flush(struct hp *h, struct hp_loop *l)
+{
+    for (unsigned i = 0; i < l->ncounts; i++)
+        hp_count_add(h, l->counts[i].status, l->counts[i].n);
+    l->ncounts = 0;
 }
 
 /* Takes body (malloc'd, may be NULL for an empty body). */
@@ -673,7 +738,7 @@ static hp_ret hp_answer(struct hp *h, struct MHD_Connection *c, enum hp_route ro
     char location[sizeof "/orders/" + HP_ID_MAX];
     char detail[512];
 
-    snprintf(location, sizeof location, "/orders/%s", order_id);
+    hp_cat(location, sizeof location, "/orders/", order_id, (char *)NULL);
     if (res->why == HP_TK_DONE && res->rc == 0 && res->outcome != ORDERD_REJECT &&
         res->outcome != ORDERD_RETRY) {
         if (route == HP_R_ORDERS)
@@ -771,6 +836,16 @@ static struct MHD_Connection *hp_ticket_decide(struct hp *h, struct hp_ticket *t
     return t->conn;
 }
 
+/* Wakes loop l out of its epoll_wait, once until it next looks. */
+static void hp_loop_poke(struct hp_loop *l)
+{
+    uint64_t one = 1;
+
+    if (!atomic_exchange(&l->woken, true) && write(l->wake_fd, &one, sizeof one) < 0) {
+        /* an eventfd only refuses at 2^64-2 unread wake-ups */
+    }
+}
+
 /* Wakes loop l out of its epoll_wait. */
 static void hp_loop_wake(struct hp_loop *l)
 {
@@ -807,17 +882,22 @@ static void hp_ticket_settle(struct hp_ticket *t, const struct hp_result *res)
 {
     struct hp *h = t->h;
     struct MHD_Connection *conn = NULL;
+    struct hp_loop *loop = NULL;
     bool last;
 
     pthread_mutex_lock(&h->tk_lock);
-    if (t->state == HP_TK_WAITING)
+    if (t->state == HP_TK_WAITING) {
         conn = hp_ticket_decide(h, t, res);
+        loop = t->loop;
+    }
     last = --t->refs == 0;
     pthread_mutex_unlock(&h->tk_lock);
     if (last)
         hp_ticket_free(t);   /* answered by timeout or stop, request gone: nothing to resume */
     else if (conn != NULL)
         hp_resume(h, conn);  /* t and its request may be freed from here on */
+    else if (loop != NULL)
+        hp_loop_poke(loop);  /* its handler, called again, answers */
 }
 
 /* orderd_submit_done: on a host thread, perhaps inside submit_async(). */
@@ -882,16 +962,15 @@ static void *hp_reaper(void *arg)
 
 static hp_ret hp_resumed(struct hp *h, struct MHD_Connection *c, struct hp_req *r);
 
-/* Hands m to submit_async() with ORDERD_SUBMIT_DEFER: this loop's
- * submit_flush() writes it at the end of the turn, and the handler's next
- * call answers from the ticket (hp_resumed).  Waiting for the pipeline
+/* Hands m to submit_async(): the spool's writer thread writes it with the
+ * next group commit, done() pokes this loop, and the handler's next call
+ * answers from the ticket (hp_resumed).  Waiting for the pipeline
  * (processed), the connection is suspended first, as done() may come from
  * any thread and resumes it.  Takes m and r->reply. */
 static hp_ret hp_submit_async(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
                               orderd_msg *m)
 {
-    unsigned flags = ORDERD_SUBMIT_NOWAIT | ORDERD_SUBMIT_DEFER |
-                     (h->processed ? ORDERD_SUBMIT_OUTCOME : 0);
+    unsigned flags = ORDERD_SUBMIT_NOWAIT | (h->processed ? ORDERD_SUBMIT_OUTCOME : 0);
     struct hp_ticket *t = calloc(1, sizeof *t);
     struct hp_result res = { .why = HP_TK_DONE, .rc = -ENOMEM };
     int rc;
@@ -913,6 +992,9 @@ static hp_ret hp_submit_async(struct hp *h, struct MHD_Connection *c, struct hp_
         /* Suspend first: done() may resume before submit_async() returns. */
         t->suspended = true;
         MHD_suspend_connection(c);
+    } else {
+        t->loop = hp_tl_loop;
+        hp_tl_loop->unanswered++;
     }
     t->prev = h->tk_tail;
     if (h->tk_tail) h->tk_tail->next = t; else h->tk_head = t;
@@ -923,7 +1005,6 @@ static hp_ret hp_submit_async(struct hp *h, struct MHD_Connection *c, struct hp_
     pthread_mutex_unlock(&h->tk_lock);
     r->ticket = t;
 
-    hp_tl_deferred++;
     rc = h->host->submit_async(h->inst, m, flags, hp_done, t);
     if (rc != 0) {
         /* done() will not be called: settle in its place. */
@@ -953,18 +1034,13 @@ static hp_ret hp_resumed(struct hp *h, struct MHD_Connection *c, struct hp_req *
 
     pthread_mutex_lock(&h->tk_lock);
     if (t->state != HP_TK_READY) {
-        /* Not written yet (the turn's flush comes after this call), or
-         * waiting for the pipeline.  The loop calls us again every turn
-         * while we leave the request unanswered: a request still waiting
-         * after its turn's flush (never expected) is suspended instead, so
-         * that the loop does not spin. */
-        if (!t->suspended && r->turns++ > 0) {
-            t->suspended = true;
-            MHD_suspend_connection(c);
-        }
+        /* Not durable yet, or (suspended) waiting for the pipeline: MHD
+         * calls us again on the loop's next turn. */
         pthread_mutex_unlock(&h->tk_lock);
         return MHD_YES;
     }
+    if (t->loop != NULL)
+        t->loop->unanswered--;
     reason = t->reason;
     t->reason = NULL;
     res = (struct hp_result){ .why = t->why, .rc = t->rc, .outcome = t->outcome,
@@ -990,18 +1066,20 @@ static hp_ret hp_submit(struct hp *h, struct MHD_Connection *c, struct hp_req *r
     struct hp_result res = { .why = HP_TK_DONE };
     char *out = NULL;
     orderd_msg *m;
-    int rc;
 
     /* Formatted directly: ids and commands were checked against
      * [A-Za-z0-9._:-] and [a-z0-9_-], so nothing needs JSON escaping, and
      * building a jansson tree to dump it cost a dozen allocations. */
-    if (r->route == HP_R_COMMAND)
-        rc = asprintf(&out, "{\"id\":\"%s\",\"command\":\"%s\",\"status\":\"%s\"}",
-                      order_id, r->command, status);
-    else
-        rc = asprintf(&out, "{\"id\":\"%s\",\"status\":\"%s\"}", order_id, status);
-    if (rc < 0)
-        out = NULL;
+    size_t cap = sizeof "{'id':'','command':'','status':'processed'}" + strlen(order_id) +
+                 strlen(r->command);
+    if ((out = malloc(cap)) != NULL) {
+        if (r->route == HP_R_COMMAND)
+            hp_cat(out, cap, "{\"id\":\"", order_id, "\",\"command\":\"", r->command,
+                   "\",\"status\":\"", status, "\"}", (char *)NULL);
+        else
+            hp_cat(out, cap, "{\"id\":\"", order_id, "\",\"status\":\"", status, "\"}",
+                   (char *)NULL);
+    }
     m = out ? h->host->msg_new(h->inst, body) : (json_decref(body), NULL);
     if (m == NULL) {
         res.rc = -ENOMEM;
@@ -1017,7 +1095,7 @@ static hp_ret hp_submit(struct hp *h, struct MHD_Connection *c, struct hp_req *r
     }
     if (h->async) {
         /* Kept for the answer after the connection resumes. */
-        snprintf(r->order_id, sizeof r->order_id, "%s", order_id);
+        hp_cat(r->order_id, sizeof r->order_id, order_id, (char *)NULL);
         r->reply = out;
         if (idem_key != NULL && (r->idem_key = strdup(idem_key)) == NULL) {
             h->host->msg_free(m);
@@ -1095,7 +1173,7 @@ static hp_ret hp_post(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
             }
         }
         if (jid != NULL)
-            snprintf(order_id, sizeof order_id, "%s", json_string_value(jid));
+            hp_cat(order_id, sizeof order_id, json_string_value(jid), (char *)NULL);
     }
 
     if (idem_key != NULL) {
@@ -1315,6 +1393,8 @@ static void hp_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     (void)c;
     (void)toe;
     if (r != NULL) {
+        if (r->ticket != NULL && !r->resumed && r->ticket->loop != NULL)
+            r->ticket->loop->unanswered--;
         if (r->ticket != NULL)
             hp_ticket_release(h, r->ticket);
         free(r->reply);
@@ -1505,11 +1585,10 @@ static int hp_create(orderd_inst *inst, const orderd_host *host, const json_t *c
     s = json_string_value(json_object_get(conf, "acknowledge"));
     h->processed = s != NULL && strcmp(s, "processed") == 0;
     h->ack_timeout_ms = json_integer_value(json_object_get(conf, "acknowledge_timeout"));
-    h->async = h->threads > 0 && ORDERD_HOST_HAS(host, submit_async) &&
-               ORDERD_HOST_HAS(host, submit_flush);
+    h->async = h->threads > 0 && ORDERD_HOST_HAS(host, submit_async);
     if (h->processed && !h->async) {
         host->log(inst, ORDERD_LOG_ERR, "acknowledge = \"processed\" needs threads > 0 and a core "
-                  "providing submit_async and submit_flush (plugin ABI 1.2)");
+                  "providing submit_async (plugin ABI 1.1)");
         goto fail;
     }
     if (h->processed && h->ack_timeout_ms < 1) {
@@ -1683,6 +1762,7 @@ static void *hp_loop_main(void *arg)
     struct hp *h = l->h;
     bool quiesced = false;
 
+    hp_tl_loop = l;
     for (;;) {
         enum hp_loop_cmd cmd = atomic_load(&h->loop_cmd);
         if (cmd != HP_LOOP_RUN && !quiesced) {
@@ -1701,23 +1781,25 @@ static void *hp_loop_main(void *arg)
         int timeout = -1;
         if (MHD_get_timeout(l->mhd, &to) == MHD_YES)
             timeout = to > INT_MAX ? INT_MAX : (int)to;
+        /* MHD keeps a request left unanswered on its ready list and would
+         * have us call it again at once: those wait for their tickets,
+         * which wake us when decided. */
+        if (timeout == 0 && l->unanswered > 0)
+            timeout = -1;
         struct epoll_event ev[2];
         int n = epoll_wait(l->ep, ev, 2, timeout);
         for (int i = 0; i < n; i++) {
             uint64_t v;
-            if (ev[i].data.fd == l->wake_fd && read(l->wake_fd, &v, sizeof v) < 0) {
-                /* EAGAIN: another turn already took it */
+            if (ev[i].data.fd == l->wake_fd) {
+                if (read(l->wake_fd, &v, sizeof v) < 0) {
+                    /* EAGAIN: another turn already took it */
+                }
+                /* After the read: a poke from now on writes again. */
+                atomic_store(&l->woken, false);
             }
         }
-        /* Read and submit; write what was submitted (one group commit);
-         * run MHD again at once so that the handlers answer (and read what
-         * came meanwhile), until a run submits nothing more. */
-        do {
-            hp_tl_deferred = 0;
-            MHD_run(l->mhd);
-            if (hp_tl_deferred > 0)
-                h->host->submit_flush(h->inst);
-        } while (hp_tl_deferred > 0);
+        MHD_run(l->mhd);
+        hp_counts_flush(h, l);
     }
     return NULL;
 }
@@ -1842,10 +1924,13 @@ static int hp_start(void *state)
         opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert };
         opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key };
     }
-    /* The per-connection pool holds the request headers plus MHD's read and
-     * write buffers, hence the headroom over max_header. */
+    /* The per-connection pool holds the request line and headers, a read
+     * buffer for the body (which the handler copies out as it comes) and
+     * the response headers, hence a little headroom over max_header.  No
+     * more than that: MHD 0.9.x zeroes the whole pool for every request on
+     * a kept-alive connection. */
     opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                         (intptr_t)(h->max_header + 16 * 1024), NULL };
+                                         (intptr_t)(h->max_header + HP_POOL_HEADROOM), NULL };
     opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_TIMEOUT, h->timeout_s, NULL };
     int port = hp_bound_port(h->listen_fd);
     if (h->async) {

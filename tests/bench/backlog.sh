@@ -18,6 +18,8 @@
 #   DRAIN_LIMIT [300] s  HTTP_THREADS [2]  FILL_SYNC [false] (spool sync while
 #   filling: memory does not depend on it, fill time does)  WORKERS [2]
 #   BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
+#   PERF=1  record `perf record -g` of orderd while it drains into $PERF_OUT
+#           [./backlog.perf.data]
 NAME=backlog.sh
 . "$(dirname "$0")/benchlib.sh"
 N=${N:-1000000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} FILL_LIMIT=${FILL_LIMIT:-600}
@@ -120,7 +122,17 @@ stop_pid "$OD_PID"
 "$ORDERD" -c "$T/drain.conf" -P "$PLUGINS" > "$T/drain.out" 2> "$T/drain.log" &
 OD_PID=$!
 PIDS+=("$OD_PID")
+if [ "${PERF:-0}" = 1 ]; then
+    # -p only follows the threads present when it attaches: the workers first
+    wait_port "$ADMIN_PORT"
+    perf record -g -p "$OD_PID" -o "${PERF_OUT:-$PWD/backlog.perf.data}" 2>"$T/perf.log" &
+    PERF_PID=$!
+fi
 read -r start left first total dhwm < <($U drain "$METRICS" "$DRAIN_LIMIT" "$OD_PID")
+if [ -n "${PERF_PID:-}" ]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID"
+    echo "perf data (drain): ${PERF_OUT:-$PWD/backlog.perf.data}"
+fi
 drained=$((start - left))
 echo "drain: spool had $start records when /metrics came up ($first s after start: spool recovery)"
 if [ "$left" = 0 ]; then

@@ -3,7 +3,8 @@
 # 1.1 submit_async): concurrent POSTs all answered 202 and all spooled and
 # published once; acknowledge = "processed" answers only after the stages
 # ran (testkit sleep, longer than request_timeout), 422 with the reason for
-# a dead-lettered order, 504 after acknowledge_timeout; one event thread
+# a dead-lettered order, 504 after acknowledge_timeout; max_header refuses
+# oversized headers with 431; one event thread
 # keeps many requests waiting at once; Idempotency-Key replays in both
 # modes and is released after a 422/504; stopping the daemon while
 # requests wait answers them 503.  HTTPS with API keys on the event loops
@@ -40,7 +41,7 @@ port, n, par, prefix = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys
 ok = [0]
 lock = threading.Lock()
 def run(k):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
     for i in range(k, n, par):
         conn.request("POST", "/orders", body='{"id":"%s%d","n":%d}' % (prefix, i, i),
                      headers={"Content-Type": "application/json"})
@@ -100,9 +101,16 @@ need [ -n "$PORT_durable" ]; need [ -n "$PORT_slow" ]; need [ -n "$PORT_reject" 
 all "every pipeline has an Order API port"
 
 # ---- acknowledge = "accepted": many requests in flight on 2 threads ----
-read -r n202 secs < <(concurrent "$PORT_durable" 400 40 d)
-check "400 concurrent POSTs all answered 202 ($secs s)" [ "$n202" -eq 400 ]
-check "all 400 published exactly once" wait_until 30 ids_once "$T/durable.ndjson" d 400
+# (enough of them, long enough, to catch a lost wake-up of an event loop)
+read -r n202 secs < <(concurrent "$PORT_durable" 3000 64 d)
+check "3000 POSTs over 64 connections all answered 202 ($secs s)" [ "$n202" -eq 3000 ]
+check "all 3000 published exactly once" wait_until 30 ids_once "$T/durable.ndjson" d 3000
+# max_header (8KiB by default): 6,000 bytes of headers pass, 20,000 get 431
+post "$PORT_durable" /orders '{"id":"h1"}' -H "X-Pad: $(head -c 6000 /dev/zero | tr '\0' a)"
+need [ "$PS" = 202 ]
+post "$PORT_durable" /orders '{"id":"h2"}' -H "X-Pad: $(head -c 20000 /dev/zero | tr '\0' a)"
+need [ "$PS" = 431 ]
+all "max_header: 6000 bytes of headers accepted, 20000 refused with 431"
 post "$PORT_durable" /orders '{"id":"k1"}' -H 'Idempotency-Key: key-accepted'
 need [ "$PS" = 202 ]; need grep -q '"status":"accepted"' "$T/post.body"
 all "accepted: keyed POST 202"
