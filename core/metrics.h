@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* Latency buckets (seconds) of the per-stage processing histogram. */
-#define OD_LAT_BUCKETS 12
+#define OD_LAT_BUCKETS 15
 extern const double od_lat_bounds[OD_LAT_BUCKETS];  /* upper bounds; +Inf is implicit */
 
 /* Per-stage counters; embedded in the stage instance, registered by pointer. */

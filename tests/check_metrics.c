@@ -278,7 +278,7 @@ START_TEST(test_bounds)
     struct expo e;
     char le[32];
 
-    ck_assert(od_lat_bounds[0] >= 0.0005 - 1e-12);
+    ck_assert(od_lat_bounds[0] >= 0.00005 - 1e-12);
     ck_assert(od_lat_bounds[OD_LAT_BUCKETS - 1] <= 10.0 + 1e-9);
     for (size_t i = 1; i < OD_LAT_BUCKETS; i++)
         ck_assert(od_lat_bounds[i] > od_lat_bounds[i - 1]);
