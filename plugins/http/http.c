@@ -149,6 +149,7 @@ struct hp {
     struct hp_loop     *loops;           /* async: one per thread */
     unsigned            nloops;
     atomic_int          loop_cmd;        /* enum hp_loop_cmd */
+    atomic_uint         conns;           /* connections open on all the loops */
     unsigned            loops_quiesced;  /* under tk_lock */
 
     pthread_mutex_t     pend_lock;
@@ -222,7 +223,7 @@ static const orderd_option hp_options[] = {
     { .key = "threads", .type = ORDERD_T_INT, .def = "2",
       .help = "Event loops serving all connections, each with its own listening socket on the same port (SO_REUSEPORT; the kernel spreads new connections); a request waits for the spool without holding a thread, and orders arriving while a group commit is being synced share the next one; 0 = one thread per connection, each request blocking it" },
     { .key = "max_connections", .type = ORDERD_T_INT, .def = "1024",
-      .help = "Maximum number of concurrent client connections (split evenly between the event loops)" },
+      .help = "Maximum number of concurrent client connections, all event loops together (further connections are accepted and closed at once)" },
     { .key = "max_header", .type = ORDERD_T_SIZE, .def = "8KiB",
       .help = "Largest request line plus headers accepted; larger requests get 431 (MHD enforces it through each connection's memory, max_header plus 4KiB of working space, so a request slightly over it may still pass)" },
     { .key = "max_body", .type = ORDERD_T_SIZE, .def = "1MiB",
@@ -1804,6 +1805,32 @@ static void *hp_loop_main(void *arg)
     return NULL;
 }
 
+/* max_connections across the loops: any loop may hold all of them (the
+ * kernel's SO_REUSEPORT hash need not spread connections evenly), the
+ * total is checked when a loop accepts.  Two loops accepting at the same
+ * moment may overshoot by one each. */
+static enum MHD_Result hp_accept_policy(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    struct hp *h = cls;
+
+    (void)addr;
+    (void)len;
+    return atomic_load(&h->conns) < h->max_connections ? MHD_YES : MHD_NO;
+}
+
+static void hp_conn_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                           enum MHD_ConnectionNotificationCode toe)
+{
+    struct hp *h = cls;
+
+    (void)c;
+    (void)socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+        atomic_fetch_add(&h->conns, 1);
+    else
+        atomic_fetch_sub(&h->conns, 1);
+}
+
 /* Ends the loops' threads, then frees their daemons, sockets and fds. */
 static void hp_loops_free(struct hp *h)
 {
@@ -1857,12 +1884,12 @@ static int hp_loops_start(struct hp *h, unsigned flags, const struct MHD_OptionI
                          strerror(-rc));
             break;
         }
-        l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, hp_handler, h,
+        l->mhd = MHD_start_daemon(flags, 0, hp_accept_policy, h, hp_handler, h,
                                   MHD_OPTION_EXTERNAL_LOGGER, hp_mhd_log, h,
                                   MHD_OPTION_NOTIFY_COMPLETED, hp_completed, h,
+                                  MHD_OPTION_NOTIFY_CONNECTION, hp_conn_notify, h,
                                   MHD_OPTION_LISTEN_SOCKET, l->listen_fd,
-                                  MHD_OPTION_CONNECTION_LIMIT,
-                                  (unsigned)((h->max_connections + n - 1) / n),
+                                  MHD_OPTION_CONNECTION_LIMIT, h->max_connections,
                                   MHD_OPTION_ARRAY, opts,
                                   MHD_OPTION_END);
         info = l->mhd ? MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_EPOLL_FD) : NULL;

@@ -4,12 +4,12 @@
 # published once; acknowledge = "processed" answers only after the stages
 # ran (testkit sleep, longer than request_timeout), 422 with the reason for
 # a dead-lettered order, 504 after acknowledge_timeout; max_header refuses
-# oversized headers with 431; one event thread
-# keeps many requests waiting at once; Idempotency-Key replays in both
-# modes and is released after a 422/504; stopping the daemon while
-# requests wait answers them 503.  HTTPS with API keys on the event loops
-# (each loop's own TLS daemon): 202 with a key, 401 without, concurrent
-# HTTPS POSTs all 202, plain HTTP refused.
+# oversized headers with 431; max_connections counts all the loops
+# together; one event thread keeps many requests waiting at once;
+# Idempotency-Key replays in both modes and is released after a 422/504;
+# stopping the daemon while requests wait answers them 503.  HTTPS with API
+# keys on the event loops (each loop's own TLS daemon): 202 with a key, 401
+# without, concurrent HTTPS POSTs all 202, plain HTTP refused.
 . "$(dirname "$0")/lib.sh"
 
 # post PORT PATH BODY [curl args...] : $PS status, $PT seconds, body in $T/post.body
@@ -90,14 +90,15 @@ $(pipeline late 'threads = 2; acknowledge = "processed"; acknowledge_timeout = "
   transforms = ( { plugin = "testkit"; sleep = "1500ms"; } );'),
 $(pipeline parked 'threads = 1; acknowledge = "processed";' 'spool = { sync = true; };
   transforms = ( { plugin = "testkit"; pending = true; pending_delay = "1s"; } );'),
-$(pipeline secure "threads = 2; tls_cert = \"$T/tls.crt\"; tls_key = \"$T/tls.key\"; api_keys_file = \"$T/keys\";" 'spool = { sync = true; };')
+$(pipeline secure "threads = 2; tls_cert = \"$T/tls.crt\"; tls_key = \"$T/tls.key\"; api_keys_file = \"$T/keys\";" 'spool = { sync = true; };'),
+$(pipeline limited 'threads = 2; max_connections = 8;' '')
 );
 CONF
 start_orderd a "$T/a.conf" || finish
-for p in durable slow reject late parked secure; do
+for p in durable slow reject late parked secure limited; do
     declare "PORT_$p=$(api_port $p)"
 done
-need [ -n "$PORT_durable" ]; need [ -n "$PORT_slow" ]; need [ -n "$PORT_reject" ]; need [ -n "$PORT_late" ]; need [ -n "$PORT_parked" ]; need [ -n "$PORT_secure" ]
+need [ -n "$PORT_durable" ]; need [ -n "$PORT_slow" ]; need [ -n "$PORT_reject" ]; need [ -n "$PORT_late" ]; need [ -n "$PORT_parked" ]; need [ -n "$PORT_secure" ]; need [ -n "$PORT_limited" ]
 all "every pipeline has an Order API port"
 
 # ---- acknowledge = "accepted": many requests in flight on 2 threads ----
@@ -117,6 +118,38 @@ all "accepted: keyed POST 202"
 post "$PORT_durable" /orders '{"id":"k1"}' -H 'Idempotency-Key: key-accepted'
 need [ "$PS" = 202 ]; need grep -qi '^Idempotent-Replayed: true' "$T/post.hdr"
 all "accepted: Idempotency-Key replayed"
+
+# ---- max_connections counts all the loops together ----
+# 8 kept-alive connections on 2 loops all served, however the kernel spread
+# them; a 9th is closed; once one closes, a new one is served.
+conn_limit() {
+    python3 - "$1" <<'PY'
+import http.client, sys, time
+port = int(sys.argv[1])
+def post(c, i):
+    c.request("POST", "/orders", body='{"id":"lim%s"}' % i,
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    return r.status
+conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(8)]
+print("first8", sum(post(c, i) == 202 for i, c in enumerate(conns)))
+time.sleep(0.2)
+extra = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+try:
+    print("ninth", post(extra, "x"))
+except (OSError, http.client.HTTPException):
+    print("ninth refused")
+conns[0].close()
+time.sleep(0.5)
+again = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+print("after_close", post(again, "y"))
+PY
+}
+conn_limit "$PORT_limited" > "$T/limit.out" 2>&1
+need grep -qx 'first8 8' "$T/limit.out"; need grep -qx 'ninth refused' "$T/limit.out"
+need grep -qx 'after_close 202' "$T/limit.out"
+all "max_connections = 8 on 2 loops: 8 served, a 9th refused, served again after one closed ($(tr '\n' ' ' < "$T/limit.out"))"
 
 # ---- HTTPS and API keys on the event loops ----
 code=$(curl -s -m 10 -o "$T/tls.body" -w '%{http_code}' --cacert "$T/tls.crt" \
