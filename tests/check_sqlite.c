@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <math.h>
@@ -619,6 +620,48 @@ START_TEST(test_store_busy_retries_batch)
 }
 END_TEST
 
+/* checkpoint_size: the log grows to about that before a commit copies it
+ * into the database.  500 events (a few hundred KiB of log) stay in the log
+ * with 32MiB; with 64KiB the log keeps being checkpointed and reused. */
+static long long
+wal_bytes_after(const char *name, const char *ckpt)
+{
+    char              extra[64], evid[32], order[32], wal[1024];
+    struct th_stage  *s;
+    struct stat       st;
+    orderd_msg       *m[50];
+    orderd_result     out[50];
+
+    snprintf(extra, sizeof(extra), "checkpoint_size = \"%s\";", ckpt);
+    s = store_new(name, extra);
+    for (int b = 0; b < 10; b++) {
+        for (int i = 0; i < 50; i++) {
+            snprintf(order, sizeof(order), "ord-%d-%d", b, i);
+            snprintf(evid, sizeof(evid), "evt-%d-%d", b, i);
+            m[i] = event_msg(order, evid, "OrderCreated", 1, "created");
+        }
+        ck_assert_int_eq(th_process_batch(s, m, 50, out), 0);
+        for (int i = 0; i < 50; i++) {
+            ck_assert_int_eq(out[i].outcome, ORDERD_OK);
+            th_msg_free(m[i]);
+        }
+    }
+    snprintf(wal, sizeof(wal), "%s-wal", db_path(name));
+    ck_assert_int_eq(stat(wal, &st), 0);
+    th_stage_free(s);
+    return (long long) st.st_size;
+}
+
+START_TEST(test_store_checkpoint_size)
+{
+    long long big = wal_bytes_after("ckpt-big.db", "32MiB");
+    long long small = wal_bytes_after("ckpt-small.db", "64KiB");
+
+    ck_assert_msg(big > 256 * 1024, "32MiB: log of %lld bytes", big);
+    ck_assert_msg(small < big / 2, "64KiB: log of %lld bytes (32MiB: %lld)", small, big);
+}
+END_TEST
+
 START_TEST(test_store_refuses_newer_schema)
 {
     struct th_stage *s = store_new("newer.db", NULL);
@@ -959,6 +1002,7 @@ sqlite_suite(void)
     tcase_add_test(tc, test_store_plain_document);
     tcase_add_test(tc, test_store_constraint_rejects_one);
     tcase_add_test(tc, test_store_busy_retries_batch);
+    tcase_add_test(tc, test_store_checkpoint_size);
     tcase_add_test(tc, test_store_refuses_newer_schema);
     suite_add_tcase(s, tc);
 

@@ -19,6 +19,8 @@ struct sq_open_opts {
     int64_t     busy_timeout_ms;
     int         synchronous_full;     /* 1: PRAGMA synchronous=FULL, 0: NORMAL */
     int64_t     journal_size_limit;   /* bytes, < 0 leaves SQLite's default */
+    int64_t     checkpoint_bytes;     /* WAL size that triggers a checkpoint; 0: SQLite's
+                                         default; < 0: never (another connection does) */
     int         readonly;             /* lookups: no schema work, no writes */
 };
 

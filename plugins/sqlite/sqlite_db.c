@@ -255,6 +255,25 @@ sq_open(orderd_inst *inst, const orderd_host *h, const struct sq_open_opts *o,
     rc = sq_exec(db, o->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
     if (rc != SQLITE_OK)
         goto sqlfail;
+    if (o->checkpoint_bytes < 0) {
+        rc = sq_exec(db, "PRAGMA wal_autocheckpoint=0");
+        if (rc != SQLITE_OK)
+            goto sqlfail;
+    } else if (o->checkpoint_bytes > 0) {
+        /* wal_autocheckpoint counts pages */
+        sqlite3_int64 page = 4096, pages;
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > 0)
+            page = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        pages = o->checkpoint_bytes / page;
+        snprintf(sql, sizeof(sql), "PRAGMA wal_autocheckpoint=%lld",
+                 (long long) (pages > 0 ? pages : 1));
+        rc = sq_exec(db, sql);
+        if (rc != SQLITE_OK)
+            goto sqlfail;
+    }
     if (o->journal_size_limit >= 0) {
         snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit=%lld",
                  (long long) o->journal_size_limit);

@@ -488,6 +488,9 @@ sqf_create(orderd_inst *inst, const orderd_host *h, const json_t *conf, void **s
     /* losing the last cursor write only re-sends events, which is allowed */
     f->oo.synchronous_full = 0;
     f->oo.journal_size_limit = -1;
+    /* The writer of the events checkpoints (the store's checkpoint_size);
+     * a cursor write must not copy its whole log at SQLite's 4MB default. */
+    f->oo.checkpoint_bytes = -1;
     ret = sq_open(inst, h, &f->oo, &f->db);
     if (ret < 0)
         goto fail;

@@ -78,6 +78,8 @@ static const orderd_option sqs_options[] = {
       .help = "full: every committed batch survives power loss; normal: faster, may lose the last commits" },
     { .key = "journal_size_limit", .type = ORDERD_T_SIZE, .def = "64MiB",
       .help = "size the write-ahead log is truncated to after a checkpoint" },
+    { .key = "checkpoint_size", .type = ORDERD_T_SIZE, .def = "32MiB",
+      .help = "the write-ahead log grows to about this before a commit copies it into the database (a checkpoint); orders' random keys dirty pages all over the indexes, and a page changed by many commits between checkpoints is copied once, so a larger log means less writing (SQLite's own default is 4MB)" },
     { .key = "lookup_connections", .type = ORDERD_T_INT, .def = "4",
       .help = "read-only connections serving concurrent lookups (1-64)" },
     { .key = NULL }
@@ -559,6 +561,7 @@ sqs_create(orderd_inst *inst, const orderd_host *h, const json_t *conf, void **s
     s->oo.synchronous_full = sync == NULL || strcmp(sync, "normal") != 0;
     s->oo.journal_size_limit = json_is_integer(json_object_get(conf, "journal_size_limit"))
         ? json_integer_value(json_object_get(conf, "journal_size_limit")) : -1;
+    s->oo.checkpoint_bytes = json_integer_value(json_object_get(conf, "checkpoint_size"));
 
     ret = sq_open(inst, h, &s->oo, &s->wdb);
     if (ret < 0)

@@ -17,14 +17,14 @@
 # Knobs (defaults): N [1000000]  CONNS [64]  WRK_THREADS [2]  FILL_LIMIT [600] s
 #   DRAIN_LIMIT [300] s  HTTP_THREADS [2]  FILL_SYNC [false] (spool sync while
 #   filling: memory does not depend on it, fill time does)  WORKERS [2]
-#   BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
+#   BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]  CHECKPOINT [32MiB] (sqlite checkpoint_size)
 #   PERF=1  record `perf record -g` of orderd while it drains into $PERF_OUT
 #           [./backlog.perf.data]
 NAME=backlog.sh
 . "$(dirname "$0")/benchlib.sh"
 N=${N:-1000000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} FILL_LIMIT=${FILL_LIMIT:-600}
 DRAIN_LIMIT=${DRAIN_LIMIT:-300} HTTP_THREADS=${HTTP_THREADS:-2} FILL_SYNC=${FILL_SYNC:-false}
-WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
+WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB}
 [ -f "$BUILD/tests/.libs/testkit.so" ] ||
     { echo "backlog.sh: $BUILD/tests/.libs/testkit.so missing (make -C $BUILD/tests testkit.la)" >&2; exit 2; }
 PLUGINS=$PLUGINS:$BUILD/tests/.libs
@@ -84,7 +84,7 @@ EOF
 }
 write_conf "$T/fill.conf" "$FILL_SYNC" 'transforms = ( { plugin = "testkit"; sleep = "1h"; } );'
 write_conf "$T/drain.conf" true "transforms = ( { plugin = \"validate\"; schema = \"$SCHEMA\"; }, { plugin = \"orders\"; } );
-    store = { plugin = \"sqlite\"; path = \"orders.db\"; synchronous = \"$SQLITE_SYNC\"; };
+    store = { plugin = \"sqlite\"; path = \"orders.db\"; synchronous = \"$SQLITE_SYNC\"; checkpoint_size = \"$CHECKPOINT\"; };
     publish = ( { plugin = \"webhook\"; format = \"cloudevents\"; source = \"/orderd/orders\";
                   subscribers = ( { name = \"bench\"; url = \"http://127.0.0.1:$HOOK_PORT/events\"; batch_max = 100; } ); } );"
 
@@ -92,7 +92,7 @@ echo "# orderd backlog benchmark"
 $U machine
 echo "build: $BUILD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo "command: N=$N wrk -t $WRK_THREADS -c $CONNS -s post.lua, stopped at N accepted (408-byte orders)"
-echo "orderd: http threads=$HTTP_THREADS fill spool sync=$FILL_SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC"
+echo "orderd: http threads=$HTTP_THREADS fill spool sync=$FILL_SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC checkpoint_size=$CHECKPOINT"
 echo
 
 # ---- 1. fill with the workers stalled ----
@@ -125,7 +125,7 @@ PIDS+=("$OD_PID")
 if [ "${PERF:-0}" = 1 ]; then
     # -p only follows the threads present when it attaches: the workers first
     wait_port "$ADMIN_PORT"
-    perf record -g -p "$OD_PID" -o "${PERF_OUT:-$PWD/backlog.perf.data}" 2>"$T/perf.log" &
+    perf record ${PERF_ARGS:--g} -p "$OD_PID" -o "${PERF_OUT:-$PWD/backlog.perf.data}" 2>"$T/perf.log" &
     PERF_PID=$!
 fi
 read -r start left first total dhwm < <($U drain "$METRICS" "$DRAIN_LIMIT" "$OD_PID")

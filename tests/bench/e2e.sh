@@ -13,12 +13,12 @@
 # (orderd's webhook_delivered counter).  Needs wrk, nginx, python3.
 # Knobs (defaults): N [50000]  CONNS [64]  WRK_THREADS [2]  LIMIT [300] s
 #   HTTP_THREADS [2]  WORKERS [2]  BATCH [256]  QUEUE [4096]
-#   SQLITE_SYNC [full]  SYNC [true] (spool)  PROJECTIONS [1]
+#   SQLITE_SYNC [full]  CHECKPOINT [32MiB] (sqlite checkpoint_size)  SYNC [true] (spool)  PROJECTIONS [1]
 NAME=e2e.sh
 . "$(dirname "$0")/benchlib.sh"
 N=${N:-50000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} LIMIT=${LIMIT:-300}
 HTTP_THREADS=${HTTP_THREADS:-2} WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096}
-SQLITE_SYNC=${SQLITE_SYNC:-full} SYNC=${SYNC:-true} PROJECTIONS=${PROJECTIONS:-1}
+SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB} SYNC=${SYNC:-true} PROJECTIONS=${PROJECTIONS:-1}
 
 HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
 METRICS=http://127.0.0.1:$ADMIN_PORT/metrics
@@ -69,7 +69,7 @@ pipelines = (
               max_body = "1MiB"; threads = $HTTP_THREADS; };
     spool = { max_bytes = "1GiB"; sync = $SYNC; };
     transforms = ( { plugin = "validate"; schema = "$SCHEMA"; }, { plugin = "orders"; } );
-    store = { plugin = "sqlite"; path = "orders.db"; synchronous = "$SQLITE_SYNC"; };
+    store = { plugin = "sqlite"; path = "orders.db"; synchronous = "$SQLITE_SYNC"; checkpoint_size = "$CHECKPOINT"; };
     publish = ( { plugin = "webhook"; format = "cloudevents"; source = "/orderd/orders";
                   subscribers = ( { name = "bench"; url = "http://127.0.0.1:$HOOK_PORT/events"; batch_max = 100; } ); } ); }$PROJ
 );
@@ -85,7 +85,7 @@ echo "# orderd end-to-end benchmark"
 $U machine
 echo "build: $BUILD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo "command: N=$N wrk -t $WRK_THREADS -c $CONNS -s post.lua, stopped at N accepted (408-byte orders, unique ids)"
-echo "orderd: http threads=$HTTP_THREADS spool sync=$SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC projections=$PROJECTIONS"
+echo "orderd: http threads=$HTTP_THREADS spool sync=$SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC checkpoint_size=$CHECKPOINT projections=$PROJECTIONS"
 echo
 
 DB=$T/state/orders.db

@@ -13,7 +13,7 @@
 #                       processing while intake is measured;
 #                       intake: http -> durable spool only (no stages after)
 #   HTTP_THREADS [2]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
-#   WORKERS [2]  BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]
+#   WORKERS [2]  BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]  CHECKPOINT [32MiB]
 #   PERF=1  record `perf record -g` of orderd during the run into $PERF_OUT
 #           [./intake.perf.data]
 # On a busy or shared machine compare the "CPU ... per request" line, which
@@ -24,7 +24,7 @@ NAME=intake.sh
 . "$(dirname "$0")/benchlib.sh"
 DURATION=${DURATION:-15s} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} WARMUP=${WARMUP:-3s}
 PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-2} SYNC=${SYNC:-true}
-WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full}
+WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB}
 
 NGX_PORT=$($U free-port) HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
 
@@ -58,7 +58,7 @@ if [ "$PIPELINE" = intake ]; then
     STAGES=""
 else
     STAGES="transforms = ( { plugin = \"validate\"; schema = \"$SCHEMA\"; }, { plugin = \"orders\"; } );
-    store = { plugin = \"sqlite\"; path = \"orders.db\"; synchronous = \"$SQLITE_SYNC\"; };
+    store = { plugin = \"sqlite\"; path = \"orders.db\"; synchronous = \"$SQLITE_SYNC\"; checkpoint_size = \"$CHECKPOINT\"; };
     publish = ( { plugin = \"webhook\"; format = \"cloudevents\"; source = \"/orderd/orders\";
                   subscribers = ( { name = \"bench\"; url = \"http://127.0.0.1:$HOOK_PORT/events\"; batch_max = 100; } ); } );"
 fi
@@ -115,7 +115,7 @@ echo "# orderd intake benchmark"
 $U machine
 echo "build: $BUILD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo "command: wrk -t $WRK_THREADS -c $CONNS -d $DURATION --latency -s post.lua (408-byte order, unique id per request)"
-echo "orderd: pipeline=$PIPELINE http threads=$HTTP_THREADS spool sync=$SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC"
+echo "orderd: pipeline=$PIPELINE http threads=$HTTP_THREADS spool sync=$SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC checkpoint_size=$CHECKPOINT"
 echo
 
 run_wrk nginx "$NGX_PORT"
