@@ -90,6 +90,10 @@ echo
 
 DB=$T/state/orders.db
 
+cpu_ticks() {   # cpu_ticks PID : user+system clock ticks so far
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+cpu0=$(cpu_ticks "$OD_PID")
 wrk -t "$WRK_THREADS" -c "$CONNS" -d "${LIMIT}s" --latency -s "$HERE/post.lua" \
     "http://127.0.0.1:$OD_PORT/orders" -- "e2e$$" > "$T/wrk.out" 2>&1 &
 WRK_PID=$!
@@ -97,6 +101,7 @@ PIDS+=("$WRK_PID")
 # polls /metrics and the database every 50 ms; times are seconds from here
 $U e2e-watch "$METRICS" "$DB" "$N" "$WRK_PID" "$LIMIT" "$T/mid.txt" > "$T/watch.out"
 kill -INT "$WRK_PID" 2>/dev/null; wait "$WRK_PID" 2>/dev/null
+cpu1=$(cpu_ticks "$OD_PID")
 w() { sed -n "s/^$1 //p" "$T/watch.out"; }
 M=$(w measured)
 
@@ -115,6 +120,8 @@ else
     echo "END-TO-END: not finished within $LIMIT s (stored $(w snapshots), delivered $(w delivered) of $M)"
 fi
 echo "peak spool backlog: $(w peak_spool) records; peak in flight (orders pipeline): $(w peak_in_flight)"
+awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v n="$M" 'BEGIN {
+    printf "orderd CPU (user+system) until everything was stored and delivered: %.1f s, %.0f us per order\n", t / hz, 1e6 * t / hz / n }'
 echo
 echo "per-stage latency when half the orders were stored (orderd_stage_latency_seconds):"
 [ -f "$T/mid.txt" ] && cat "$T/mid.txt"
