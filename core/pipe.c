@@ -90,8 +90,12 @@ struct od_pipe {
     struct od_waiter    *waiters[OD_WAIT_BUCKETS];
     size_t               nwaiters;
 
-    struct od_gauge_fn  *g_queue, *g_inflight, *g_spool_bytes, *g_spool_records;
-    struct od_gauge_fn  *g_spool_commits, *g_spool_committed, *g_spool_sync;
+    struct od_gauge_fn  *g_queue, *g_inflight;
+    struct pipe_spool_gauge {
+        struct od_pipe     *p;
+        unsigned            what;     /* index into spool_gauges[] */
+        struct od_gauge_fn *g;
+    }                    g_spool[5];
     char                 labels[160];
 };
 
@@ -976,39 +980,33 @@ static double g_inflight(void *arg)
     return (double)od_pipe_in_flight(arg);
 }
 
-static double g_spool_bytes(void *arg)
-{
-    struct od_spool_stats st;
-    od_spool_stats(((struct od_pipe *)arg)->spool, &st);
-    return (double)st.bytes;
-}
+/* The spool's series, in the order of struct pipe_spool_gauge g_spool[]. */
+static const struct {
+    const char *name, *help;
+} spool_gauges[] = {
+    { "orderd_spool_bytes", "Bytes in the spool on disk" },
+    { "orderd_spool_records", "Spooled records not yet completed" },
+    { "orderd_spool_commits_total", "Group commits written to the spool" },
+    { "orderd_spool_appends_total", "Records written to the spool by group commits" },
+    { "orderd_spool_sync_seconds_total", "Time spent in the group commits' fdatasync" },
+};
+_Static_assert(sizeof(spool_gauges) / sizeof(spool_gauges[0]) ==
+               sizeof(((struct od_pipe *)0)->g_spool) / sizeof(struct pipe_spool_gauge),
+               "one handle per spool series");
 
-static double g_spool_records(void *arg)
+static double g_spool(void *arg)
 {
+    const struct pipe_spool_gauge *sg = arg;
     struct od_spool_stats st;
-    od_spool_stats(((struct od_pipe *)arg)->spool, &st);
-    return (double)st.records;
-}
 
-static double g_spool_commits(void *arg)
-{
-    struct od_spool_stats st;
-    od_spool_stats(((struct od_pipe *)arg)->spool, &st);
-    return (double)st.commits;
-}
-
-static double g_spool_committed(void *arg)
-{
-    struct od_spool_stats st;
-    od_spool_stats(((struct od_pipe *)arg)->spool, &st);
-    return (double)st.committed;
-}
-
-static double g_spool_sync(void *arg)
-{
-    struct od_spool_stats st;
-    od_spool_stats(((struct od_pipe *)arg)->spool, &st);
-    return (double)st.sync_ns / 1e9;
+    od_spool_stats(sg->p->spool, &st);
+    switch (sg->what) {
+    case 0:  return (double)st.bytes;
+    case 1:  return (double)st.records;
+    case 2:  return (double)st.commits;
+    case 3:  return (double)st.committed;
+    default: return (double)st.sync_ns / 1e9;
+    }
 }
 
 int od_pipe_create(const struct od_pipeline_conf *pc, const char *state_dir, struct od_pipe **out)
@@ -1071,21 +1069,12 @@ int od_pipe_create(const struct od_pipeline_conf *pc, const char *state_dir, str
     p->g_inflight = od_metrics_gauge_fn("orderd_pipeline_in_flight",
                                         "Messages accepted and not yet finished", p->labels,
                                         g_inflight, p);
-    if (p->spool) {
-        p->g_spool_bytes = od_metrics_gauge_fn("orderd_spool_bytes", "Bytes in the spool on disk",
-                                               p->labels, g_spool_bytes, p);
-        p->g_spool_records = od_metrics_gauge_fn("orderd_spool_records",
-                                                 "Spooled records not yet completed", p->labels,
-                                                 g_spool_records, p);
-        p->g_spool_commits = od_metrics_gauge_fn("orderd_spool_commits_total",
-                                                 "Group commits written to the spool", p->labels,
-                                                 g_spool_commits, p);
-        p->g_spool_committed = od_metrics_gauge_fn("orderd_spool_appends_total",
-                                                   "Records written to the spool by group commits",
-                                                   p->labels, g_spool_committed, p);
-        p->g_spool_sync = od_metrics_gauge_fn("orderd_spool_sync_seconds_total",
-                                              "Time spent in the group commits' fdatasync",
-                                              p->labels, g_spool_sync, p);
+    for (unsigned i = 0; p->spool != NULL && i < sizeof(spool_gauges) / sizeof(spool_gauges[0]); i++) {
+        struct pipe_spool_gauge *sg = &p->g_spool[i];
+        sg->p = p;
+        sg->what = i;
+        sg->g = od_metrics_gauge_fn(spool_gauges[i].name, spool_gauges[i].help, p->labels,
+                                    g_spool, sg);
     }
     *out = p;
     return 0;
@@ -1186,11 +1175,8 @@ void od_pipe_destroy(struct od_pipe *p)
         return;
     od_metrics_gauge_fn_remove(p->g_queue);
     od_metrics_gauge_fn_remove(p->g_inflight);
-    od_metrics_gauge_fn_remove(p->g_spool_bytes);
-    od_metrics_gauge_fn_remove(p->g_spool_records);
-    od_metrics_gauge_fn_remove(p->g_spool_commits);
-    od_metrics_gauge_fn_remove(p->g_spool_committed);
-    od_metrics_gauge_fn_remove(p->g_spool_sync);
+    for (size_t i = 0; i < sizeof(p->g_spool) / sizeof(p->g_spool[0]); i++)
+        od_metrics_gauge_fn_remove(p->g_spool[i].g);
     if (p->nworkers) {   /* not drained: stop now */
         od_pipe_stop_input(p);
         od_pipe_drain(p, 0);

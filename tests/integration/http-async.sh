@@ -106,6 +106,14 @@ all "every pipeline has an Order API port"
 read -r n202 secs < <(concurrent "$PORT_durable" 3000 64 d)
 check "3000 POSTs over 64 connections all answered 202 ($secs s)" [ "$n202" -eq 3000 ]
 check "all 3000 published exactly once" wait_until 30 ids_once "$T/durable.ndjson" d 3000
+spool_metric() {   # spool_metric NAME : its value for the durable pipeline
+    curl -s "http://127.0.0.1:$ODPORT/metrics" |
+        sed -n "s/^orderd_spool_$1{pipeline=\"durable\"} \([0-9.e+-]*\)\$/\1/p"
+}
+appends=$(spool_metric appends_total) commits=$(spool_metric commits_total) syncs=$(spool_metric sync_seconds_total)
+need [ "${appends:-0}" -ge 3000 ]; need [ "${commits:-0}" -ge 1 ]; need [ "${commits:-0}" -le "${appends:-0}" ]
+need awk -v t="${syncs:-0}" 'BEGIN { exit !(t > 0) }'
+all "spool counters: $appends appends in $commits group commits, $syncs s in fdatasync"
 # max_header (8KiB by default): 6,000 bytes of headers pass, 20,000 get 431
 post "$PORT_durable" /orders '{"id":"h1"}' -H "X-Pad: $(head -c 6000 /dev/zero | tr '\0' a)"
 need [ "$PS" = 202 ]
