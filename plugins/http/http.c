@@ -813,11 +813,23 @@ static void hp_ticket_free(struct hp_ticket *t)
     free(t);
 }
 
+/* Wakes loop l out of its epoll_wait, once until it next looks. */
+static void hp_loop_poke(struct hp_loop *l)
+{
+    uint64_t one = 1;
+
+    if (!atomic_exchange(&l->woken, true) && write(l->wake_fd, &one, sizeof one) < 0) {
+        /* an eventfd only refuses at 2^64-2 unread wake-ups */
+    }
+}
+
 /* Decides t's answer (tk_lock held, t WAITING): takes it off the waiting
- * list and, when its connection is suspended, counts a resume under way.
- * reason is copied (NULL on ENOMEM only costs the detail).  RETURNS: the
- * connection the caller must hp_resume() once it has unlocked, or NULL when
- * there is none (the handler, called again each loop turn, answers). */
+ * list and, when its connection is suspended, counts a resume under way;
+ * otherwise pokes its loop, whose next turn calls the handler, which
+ * answers.  Under tk_lock, so that stop() (which frees the loops once no
+ * ticket is WAITING) never races a poke.  reason is copied (NULL on ENOMEM
+ * only costs the detail).  RETURNS: the connection the caller must
+ * hp_resume() once it has unlocked, or NULL when there is none. */
 static struct MHD_Connection *hp_ticket_decide(struct hp *h, struct hp_ticket *t,
                                                const struct hp_result *res)
 {
@@ -831,21 +843,15 @@ static struct MHD_Connection *hp_ticket_decide(struct hp *h, struct hp_ticket *t
     if (t->next) t->next->prev = t->prev; else h->tk_tail = t->prev;
     t->prev = t->next = NULL;
     pthread_cond_broadcast(&h->tk_cond);
-    if (!t->suspended)
+    if (!t->suspended) {
+        if (t->loop != NULL)
+            hp_loop_poke(t->loop);
         return NULL;
+    }
     h->tk_resuming++;
     return t->conn;
 }
 
-/* Wakes loop l out of its epoll_wait, once until it next looks. */
-static void hp_loop_poke(struct hp_loop *l)
-{
-    uint64_t one = 1;
-
-    if (!atomic_exchange(&l->woken, true) && write(l->wake_fd, &one, sizeof one) < 0) {
-        /* an eventfd only refuses at 2^64-2 unread wake-ups */
-    }
-}
 
 /* Wakes loop l out of its epoll_wait. */
 static void hp_loop_wake(struct hp_loop *l)
@@ -883,22 +889,17 @@ static void hp_ticket_settle(struct hp_ticket *t, const struct hp_result *res)
 {
     struct hp *h = t->h;
     struct MHD_Connection *conn = NULL;
-    struct hp_loop *loop = NULL;
     bool last;
 
     pthread_mutex_lock(&h->tk_lock);
-    if (t->state == HP_TK_WAITING) {
+    if (t->state == HP_TK_WAITING)
         conn = hp_ticket_decide(h, t, res);
-        loop = t->loop;
-    }
     last = --t->refs == 0;
     pthread_mutex_unlock(&h->tk_lock);
     if (last)
         hp_ticket_free(t);   /* answered by timeout or stop, request gone: nothing to resume */
     else if (conn != NULL)
         hp_resume(h, conn);  /* t and its request may be freed from here on */
-    else if (loop != NULL)
-        hp_loop_poke(loop);  /* its handler, called again, answers */
 }
 
 /* orderd_submit_done: on a host thread, perhaps inside submit_async(). */
