@@ -44,15 +44,17 @@
  * caller's od_spool_flush, which leads on the caller's thread: an event loop
  * (the HTTP input) writes what one turn read and answers, with no hand-over.
  *
- * ZERO-FILL.  With sync, a zeroer thread keeps the active segment
+ * ZERO-FILL.  With sync, the keeper thread keeps the active segment
  * zeroed (written and fdatasync'ed) a few MiB past its last record, so a
  * group's fdatasync overwrites allocated blocks and commits no metadata;
  * on ext4 that halves its latency.  A leader never writes into the range
- * being zeroed (it waits; the zeroer keeps well ahead), and the zeroer never
- * starts while a group is being written.  It is not the writer thread, which
- * would leave asynchronous groups waiting behind a whole chunk.  It pushes its zeros to disk 256 KiB
- * at a time (sync_file_range), since a leader's fdatasync writes every dirty
- * page of the file, and waiting behind a chunk of zeros was a p99 spike.
+ * being zeroed (it waits; the keeper keeps well ahead), and the keeper
+ * never starts zeroing while a group is being written.  It is not the
+ * writer thread, which would leave asynchronous groups waiting behind a
+ * whole chunk.  It pushes its zeros to disk 256 KiB at a time
+ * (sync_file_range), since a leader's fdatasync writes every dirty page of
+ * the file, and waiting behind a chunk of zeros was a p99 spike.  The
+ * keeper also deletes completed segments, outside the lock.
  *
  * MEMORY.  Payloads stay on disk.  Each segment keeps, per seq, its
  * {offset, length} (8 bytes) and a state byte (ready / handed out / done):
@@ -118,7 +120,7 @@
 
 /* Zero-filling ahead of the write position (sync spools): fdatasync after
  * overwriting blocks that are already allocated and written needs no
- * metadata commit, which halves its latency on ext4.  The zeroer thread
+ * metadata commit, which halves its latency on ext4.  The keeper thread
  * keeps the active segment zeroed ZERO_AHEAD bytes past its end, in chunks
  * growing from ZERO_CHUNK_MIN (small spools write little) to ZERO_CHUNK_MAX. */
 #define SPOOL_ZERO_AHEAD     ((uint64_t)8 << 20)
@@ -150,7 +152,8 @@ struct spool_seg {
     bool              ack_failed;
     uint64_t          zeroed;   /* the file holds synced zeros from size up to here */
     uint64_t          zero_chunk;
-    bool              orphan;   /* deleted while being zeroed: the zeroer frees it */
+    bool              orphan;   /* dropped while being zeroed: the zeroer buries it */
+    struct spool_seg *dead_next;  /* on s->dead, waiting for the keeper to delete it */
 };
 
 struct spool_req {
@@ -203,11 +206,13 @@ struct od_spool {
     uint64_t           done_seq;    /* groups are written in order: every seq up to this is */
     unsigned           flushers;    /* od_spool_flush() calls waiting on flush_cv */
     pthread_cond_t     flush_cv;    /* a group is done (done_seq moved) */
-    /* zero-filling (see SPOOL_ZERO_AHEAD), on a thread of its own so that
-     * the writer thread's groups never wait for it */
-    pthread_t          zeroer;
-    bool               zeroer_running;
-    pthread_cond_t     zeroer_cv;   /* the zeroer thread: spool_zero_wanted() may have changed */
+    /* The keeper thread deletes completed segments (unlinking and closing a
+     * 64 MiB file took milliseconds under the lock) and zero-fills (see
+     * SPOOL_ZERO_AHEAD): never the writer thread, whose groups would wait. */
+    pthread_t          keeper;
+    bool               keeper_running;
+    pthread_cond_t     keeper_cv;   /* the keeper: a segment died, or spool_zero_wanted() changed */
+    struct spool_seg  *dead;        /* dropped segments for the keeper to delete */
     bool               zero_off;    /* not for this spool (no sync, or it failed once) */
     struct spool_seg  *zeroing;     /* segment being zeroed from zero_from, or NULL */
     uint64_t           zero_from;
@@ -436,9 +441,23 @@ static int spool_segs_reserve(struct od_spool *s)
 
 /* Delete a sealed segment once nothing in it is pending or being read.
  * Called with the lock held. */
+static void spool_seg_delete(struct od_spool *s, struct spool_seg *g);
+
+/* A dropped segment goes to the keeper thread; without one (opening) it is
+ * deleted at once.  Lock held. */
+static void spool_seg_bury(struct od_spool *s, struct spool_seg *g)
+{
+    if (!s->keeper_running) {
+        spool_seg_delete(s, g);
+        return;
+    }
+    g->dead_next = s->dead;
+    s->dead = g;
+    pthread_cond_signal(&s->keeper_cv);
+}
+
 static void spool_seg_maybe_drop(struct od_spool *s, struct spool_seg *g)
 {
-    char name[64];
     ssize_t i;
 
     /* The zeroer's reference does not keep a segment: it frees it after. */
@@ -452,9 +471,21 @@ static void spool_seg_maybe_drop(struct od_spool *s, struct spool_seg *g)
     memmove(&s->segs[i], &s->segs[i + 1], (s->nsegs - (size_t)i - 1) * sizeof(*s->segs));
     s->nsegs--;
     s->bytes -= g->size;
+    if (zref)
+        g->orphan = true;   /* the zeroer buries it when done */
+    else
+        spool_seg_bury(s, g);
+}
+
+/* Deletes a dropped segment's files and frees it.  Lock not held. */
+static void spool_seg_delete(struct od_spool *s, struct spool_seg *g)
+{
+    char name[64];
 
     /* The log goes first: if we die before the ack file goes too, the
-     * orphan ack file is removed at the next open. */
+     * orphan ack file is removed at the next open.  A crash before either
+     * only leaves a segment whose records are all completed, which the
+     * next open deletes. */
     spool_seg_name(name, sizeof(name), g->first, "log");
     if (unlinkat(s->dir_fd, name, 0) < 0 && errno != ENOENT) {
         od_warn("spool %s: cannot delete %s: %s", s->dir, name, strerror(errno));
@@ -464,10 +495,7 @@ static void spool_seg_maybe_drop(struct od_spool *s, struct spool_seg *g)
             od_warn("spool %s: cannot delete %s: %s", s->dir, name, strerror(errno));
     }
     od_debug("spool %s: deleted completed segment %016" PRIx64, s->dir, g->first);
-    if (zref)
-        g->orphan = true;
-    else
-        spool_seg_free(g);
+    spool_seg_free(g);
 }
 
 /* A new, empty segment file.  Its name is made durable before any record
@@ -668,7 +696,7 @@ static void spool_wake_next(struct od_spool *s)
         pthread_cond_signal(&s->qhead->cv);
 }
 
-/* Should the zeroer thread zero more of the active segment?  Lock held. */
+/* Should the keeper thread zero more of the active segment?  Lock held. */
 static bool spool_zero_wanted(struct od_spool *s)
 {
     struct spool_seg *g = spool_active(s);
@@ -722,7 +750,7 @@ static void spool_zero_ahead(struct od_spool *s)
     s->zeroing = NULL;
     pthread_cond_broadcast(&s->zero_cv);
     if (g->orphan) {
-        spool_seg_free(g);
+        spool_seg_bury(s, g);
         return;
     }
     if (err != 0) {
@@ -863,7 +891,7 @@ static void spool_lead(struct od_spool *s)
     if (s->flushers > 0)
         pthread_cond_broadcast(&s->flush_cv);
     if (spool_zero_wanted(s))
-        pthread_cond_signal(&s->zeroer_cv);
+        pthread_cond_signal(&s->keeper_cv);
 }
 
 /* Checks, a seq and a place in the queue for r (data, len, crc set).  Lock held.
@@ -1153,17 +1181,30 @@ static void *spool_writer_main(void *arg)
     return NULL;
 }
 
-/* The zeroer thread keeps the active segment zeroed ahead of its records. */
-static void *spool_zeroer_main(void *arg)
+/* The keeper thread deletes dropped segments and keeps the active segment
+ * zeroed ahead of its records. */
+static void *spool_keeper_main(void *arg)
 {
     struct od_spool *s = arg;
 
     pthread_mutex_lock(&s->mu);
-    while (!s->closing) {
-        if (spool_zero_wanted(s))
+    for (;;) {
+        if (s->dead != NULL) {
+            struct spool_seg *g = s->dead, *next;
+            s->dead = NULL;
+            pthread_mutex_unlock(&s->mu);
+            for (; g != NULL; g = next) {
+                next = g->dead_next;
+                spool_seg_delete(s, g);
+            }
+            pthread_mutex_lock(&s->mu);
+        } else if (s->closing) {
+            break;
+        } else if (spool_zero_wanted(s)) {
             spool_zero_ahead(s);
-        else
-            pthread_cond_wait(&s->zeroer_cv, &s->mu);
+        } else {
+            pthread_cond_wait(&s->keeper_cv, &s->mu);
+        }
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -1560,7 +1601,7 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
     pthread_cond_init(&s->idle_cv, NULL);
     pthread_cond_init(&s->flush_cv, NULL);
     pthread_cond_init(&s->zero_cv, NULL);
-    pthread_cond_init(&s->zeroer_cv, NULL);
+    pthread_cond_init(&s->keeper_cv, NULL);
 
     s->dir = strdup(o->dir);
     if (s->dir == NULL) {
@@ -1594,12 +1635,12 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
         goto fail;
     }
     s->writer_running = true;
-    if (!s->zero_off) {
-        if (pthread_create(&s->zeroer, NULL, spool_zeroer_main, s) == 0)
-            s->zeroer_running = true;
-        else
-            s->zero_off = true;   /* only a lost optimisation */
-    }
+    /* Without it, segments are deleted under the lock and nothing is
+     * zero-filled: slower, not wrong. */
+    if (pthread_create(&s->keeper, NULL, spool_keeper_main, s) == 0)
+        s->keeper_running = true;
+    else
+        s->zero_off = true;
     *out = s;
     return 0;
 
@@ -1621,13 +1662,18 @@ void od_spool_close(struct od_spool *s)
         pthread_join(s->writer, NULL);
         s->writer_running = false;
     }
-    if (s->zeroer_running) {
+    if (s->keeper_running) {
         pthread_mutex_lock(&s->mu);
         s->closing = true;
-        pthread_cond_signal(&s->zeroer_cv);
+        pthread_cond_signal(&s->keeper_cv);
         pthread_mutex_unlock(&s->mu);
-        pthread_join(s->zeroer, NULL);
-        s->zeroer_running = false;
+        pthread_join(s->keeper, NULL);
+        s->keeper_running = false;
+    }
+    while (s->dead != NULL) {   /* dropped after the keeper's last look */
+        struct spool_seg *g = s->dead;
+        s->dead = g->dead_next;
+        spool_seg_delete(s, g);
     }
     for (size_t i = 0; i < s->nsegs; i++)
         spool_seg_free(s->segs[i]);
@@ -1643,7 +1689,7 @@ void od_spool_close(struct od_spool *s)
     pthread_cond_destroy(&s->idle_cv);
     pthread_cond_destroy(&s->flush_cv);
     pthread_cond_destroy(&s->zero_cv);
-    pthread_cond_destroy(&s->zeroer_cv);
+    pthread_cond_destroy(&s->keeper_cv);
     free(s->zeros);
     pthread_mutex_destroy(&s->mu);
     free(s);
