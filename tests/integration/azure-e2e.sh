@@ -30,7 +30,8 @@ EKEY=ZXZlbnRncmlkLXBlZXItdGVzdC1rZXktMDEyMzQ1Njc4OQ==
 N1=${AZ_E2E_N1:-200}
 N2=${AZ_E2E_N2:-200}
 
-export RMQ_DIR="$T/rmq" RMQ_PORT=${RMQ_PORT:-27772} RMQ_QUEUES="orders"
+export RMQ_DIR="$T/rmq" RMQ_QUEUES="orders"
+[ -n "${RMQ_PORT:-}" ] || rmq_ports || { fail "no free ports for RabbitMQ"; finish; }
 trap '"$RMQ" stop > /dev/null 2>&1; cleanup' EXIT
 
 # throw-away CA + one server certificate for 127.0.0.1 (Cosmos and Event Grid)

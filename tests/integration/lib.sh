@@ -47,6 +47,24 @@ wait_until() {
     return 1
 }
 
+# rmq_ports : sets RMQ_PORT to the first of four consecutive free ports
+# (AMQP, AMQPS, Erlang distribution, epmd: tests/peers/rabbitmq.sh) below
+# the ephemeral range and away from 35672-35682, which rabbitmqctl uses;
+# a fixed port collides with another run of the suite on the same host.
+rmq_ports() {
+    local p
+    for _ in $(seq 50); do
+        p=$((20000 + RANDOM % 10000))
+        if python3 -c "import socket
+for i in range(4):
+    s=socket.socket(); s.bind(('127.0.0.1',$p+i)); s.close()" 2>/dev/null; then
+            export RMQ_PORT=$p
+            return 0
+        fi
+    done
+    return 1
+}
+
 lines() { [ -f "$1" ] && wc -l < "$1" || echo 0; }
 has_lines() { [ "$(lines "$1")" -ge "$2" ]; }
 

@@ -20,17 +20,7 @@
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { echo "FAIL: rabbitmq-server not installed (contrib/deps.sh installs it)"; exit 1; }
 RMQ="$TESTS_SRCDIR/peers/rabbitmq.sh"
 export RMQ_DIR="$T/rmq"
-# four consecutive free ports below the ephemeral range (and away from
-# 35672-35682, which rabbitmqctl itself uses)
-for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 10000))
-    if python3 -c "import socket,sys
-for i in range(4):
-    s=socket.socket(); s.bind(('127.0.0.1',$p+i)); s.close()" 2>/dev/null; then
-        export RMQ_PORT=$p; break
-    fi
-done
-[ -n "${RMQ_PORT:-}" ] || { fail "no free ports"; finish; }
+rmq_ports || { fail "no free ports"; finish; }
 trap '"$RMQ" stop > /dev/null 2>&1; cleanup' EXIT
 # a throw-away CA and a server certificate for localhost, and a second CA
 # that did not sign it
