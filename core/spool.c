@@ -42,7 +42,8 @@
  * caller keeps thousands of appends in one group without a thread per
  * append.  Deferred appends (od_spool_append_deferred) are left for their
  * caller's od_spool_flush, which leads on the caller's thread: an event loop
- * (the HTTP input) writes what one turn read and answers, with no hand-over.
+ * can write what one turn read and answer with no hand-over (the shipped
+ * HTTP input does not: it keeps reading while the writer thread syncs).
  *
  * ZERO-FILL.  With sync, the keeper thread keeps the active segment
  * zeroed (written and fdatasync'ed) a few MiB past its last record, so a
@@ -148,11 +149,11 @@ struct spool_seg {
     uint8_t          *state;
     int               fd;
     int               ack_fd;
-    unsigned          refs;     /* readers (or the zeroer) doing I/O on fd without the lock */
+    unsigned          refs;     /* readers (or the keeper zeroing) doing I/O on fd without the lock */
     bool              ack_failed;
     uint64_t          zeroed;   /* the file holds synced zeros from size up to here */
     uint64_t          zero_chunk;
-    bool              orphan;   /* dropped while being zeroed: the zeroer buries it */
+    bool              orphan;   /* dropped while being zeroed: the keeper buries it after */
     struct spool_seg *dead_next;  /* on s->dead, waiting for the keeper to delete it */
 };
 
@@ -439,8 +440,6 @@ static int spool_segs_reserve(struct od_spool *s)
     return 0;
 }
 
-/* Delete a sealed segment once nothing in it is pending or being read.
- * Called with the lock held. */
 static void spool_seg_delete(struct od_spool *s, struct spool_seg *g);
 
 /* A dropped segment goes to the keeper thread; without one (opening) it is
@@ -456,11 +455,13 @@ static void spool_seg_bury(struct od_spool *s, struct spool_seg *g)
     pthread_cond_signal(&s->keeper_cv);
 }
 
+/* Drop a sealed segment once nothing in it is pending or being read, and
+ * hand it over for deletion.  Called with the lock held. */
 static void spool_seg_maybe_drop(struct od_spool *s, struct spool_seg *g)
 {
     ssize_t i;
 
-    /* The zeroer's reference does not keep a segment: it frees it after. */
+    /* The zeroing keeper's reference does not keep a segment: it buries it after. */
     unsigned zref = s->zeroing == g ? 1 : 0;
 
     if (g->live != 0 || g->refs != zref || g == spool_active(s) || g->orphan)
@@ -472,7 +473,7 @@ static void spool_seg_maybe_drop(struct od_spool *s, struct spool_seg *g)
     s->nsegs--;
     s->bytes -= g->size;
     if (zref)
-        g->orphan = true;   /* the zeroer buries it when done */
+        g->orphan = true;   /* the keeper buries it when done zeroing */
     else
         spool_seg_bury(s, g);
 }
@@ -795,8 +796,8 @@ static void spool_lead(struct od_spool *s)
             s->bytes + bytes > s->max_bytes);
     /* Allocate now so that indexing after the write cannot fail. */
     rc = roll ? spool_segs_reserve(s) : spool_seg_reserve(act, last->seq);
-    /* Zeros must not land on this group: wait for the zeroer (which keeps
-     * well ahead, so this is rare). */
+    /* Zeros must not land on this group: wait for the keeper's zeroing
+     * (which keeps well ahead, so this is rare). */
     while (!roll && s->zeroing == act && act->size + bytes > s->zero_from)
         pthread_cond_wait(&s->zero_cv, &s->mu);
     s->writing = true;

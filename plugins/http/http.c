@@ -813,14 +813,21 @@ static void hp_ticket_free(struct hp_ticket *t)
     free(t);
 }
 
-/* Wakes loop l out of its epoll_wait, once until it next looks. */
-static void hp_loop_poke(struct hp_loop *l)
+/* Wakes loop l out of its epoll_wait. */
+static void hp_loop_wake(struct hp_loop *l)
 {
     uint64_t one = 1;
 
-    if (!atomic_exchange(&l->woken, true) && write(l->wake_fd, &one, sizeof one) < 0) {
+    if (l->wake_fd >= 0 && write(l->wake_fd, &one, sizeof one) < 0) {
         /* an eventfd only refuses at 2^64-2 unread wake-ups */
     }
+}
+
+/* The same, at most once until the loop next looks (a ticket decided). */
+static void hp_loop_poke(struct hp_loop *l)
+{
+    if (!atomic_exchange(&l->woken, true))
+        hp_loop_wake(l);
 }
 
 /* Decides t's answer (tk_lock held, t WAITING): takes it off the waiting
@@ -850,17 +857,6 @@ static struct MHD_Connection *hp_ticket_decide(struct hp *h, struct hp_ticket *t
     }
     h->tk_resuming++;
     return t->conn;
-}
-
-
-/* Wakes loop l out of its epoll_wait. */
-static void hp_loop_wake(struct hp_loop *l)
-{
-    uint64_t one = 1;
-
-    if (l->wake_fd >= 0 && write(l->wake_fd, &one, sizeof one) < 0) {
-        /* an eventfd only refuses at 2^64-2 unread wake-ups */
-    }
 }
 
 /* Resumes conn and wakes its loop: in external epoll mode MHD's own wake-up
