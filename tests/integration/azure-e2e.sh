@@ -174,6 +174,7 @@ start_az run1 || finish
 "$PY" "$CLIENT" post --port-file "$T/api.port" --count "$N1" --threads 8 --prefix a --out "$T/post1.txt"
 accepted "$T/post1.txt" > "$T/ids1.txt"
 check "batch 1: all $N1 orders answered 202" [ "$(wc -l < "$T/ids1.txt")" -eq "$N1" ]
+awk '$2 != 202' "$T/post1.txt" | sed 's/^/batch 1, not 202: /'
 check "batch 1: every order stored and notified" wait_for 120 all_there "$T/ids1.txt"
 read -r md xd dd bs mn mi du inv <<< "$(snapshot "$T/ids1.txt")"
 echo "batch 1: missing docs $md, extra docs $xd, duplicated docs $dd, bad status $bs, missing notifications $mn, orders with >1 event id $mi, repeated deliveries $du, refused publish requests $inv"
