@@ -40,7 +40,14 @@ ASAN_OPTIONS=detect_leaks=1 run_suite sanitizers --enable-werror --enable-saniti
 
 echo "=== distcheck"
 cd "$top/build/werror"
-make -s -j"$jobs" distcheck >/dev/null
+if ! make -s -j"$jobs" distcheck >distcheck.out; then
+    # The failed tree is left in place: show what failed there.
+    grep -E '^(FAIL|ERROR):' distcheck.out || tail -n 40 distcheck.out
+    find . -path '*/_build/*' -name '*.log' -path '*tests*' -exec grep -l -E '^(FAIL|ERROR)' {} + 2>/dev/null |
+        while read -r f; do echo "--- $f"; tail -n 60 "$f"; done
+    echo "distcheck FAILED"
+    exit 1
+fi
 summary+=("distcheck: ok")
 cd "$top"
 
