@@ -10,16 +10,20 @@
 #include "msg.h"
 #include "util.h"
 
-orderd_msg *od_msg_new(json_t *body)
+/* A message with the given id, or a fresh one when id is NULL. */
+static orderd_msg *msg_new_id(json_t *body, const char *id)
 {
     orderd_msg *m = calloc(1, sizeof(*m));
-    char id[37];
+    char fresh[37];
 
     if (m == NULL) {
         json_decref(body);
         return NULL;
     }
-    od_uuid4(id);
+    if (id == NULL) {
+        od_uuid4(fresh);
+        id = fresh;
+    }
     m->id = strdup(id);
     if (m->id == NULL) {
         free(m);
@@ -30,6 +34,11 @@ orderd_msg *od_msg_new(json_t *body)
     m->enqueued_ms = od_now_ms();
     m->delivery_count = 1;
     return m;
+}
+
+orderd_msg *od_msg_new(json_t *body)
+{
+    return msg_new_id(body, NULL);
 }
 
 void od_msg_free(orderd_msg *m)
@@ -267,11 +276,9 @@ orderd_msg *od_msg_from_json(const json_t *j)
 
     if (!json_is_object(j) || id == NULL || body == NULL)
         return NULL;
-    m = od_msg_new(json_incref(body));
+    m = msg_new_id(json_incref(body), id);
     if (m == NULL)
         return NULL;
-    if (set_str(&m->id, id) < 0)
-        goto fail;
     json_object_foreach(props, key, val) {
         if (json_is_string(val) && msg_set_prop(m, key, json_string_value(val)) < 0)
             goto fail;

@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,6 +302,47 @@ static void finish(struct od_pipe *p, orderd_msg *m, orderd_outcome o, const cha
     od_msg_free(m);
 }
 
+/* finish(m, ORDERD_OK) for the n messages of a batch that passed the last
+ * stage: one spool call and one lock for all of them instead of one each. */
+#define OD_FINISH_RUN 64
+
+static void finish_ok_many(struct od_pipe *p, orderd_msg **ms, size_t n)
+{
+    uint64_t seqs[OD_FINISH_RUN];
+
+    for (size_t at = 0; at < n; at += OD_FINISH_RUN) {
+        size_t end = n - at < OD_FINISH_RUN ? n : at + OD_FINISH_RUN, nseq = 0;
+
+        for (size_t i = at; i < end; i++) {
+            orderd_msg *m = ms[i];
+
+            notify(p, m, ORDERD_OK, NULL);
+            if (m->has_spool)
+                seqs[nseq++] = m->spool_seq;
+            else if (p->input.stage->ack)
+                p->input.stage->ack(p->input.state, m, ORDERD_OK, NULL);
+        }
+        if (nseq > 0)
+            od_spool_complete_many(p->spool, seqs, nseq);
+        pthread_mutex_lock(&p->mu);
+        for (size_t i = at; i < end; i++) {
+            untrack(p, ms[i]);
+            if (ms[i]->keyed)
+                key_release(p, ms[i]);
+        }
+        p->in_flight -= end - at;
+        if (end - at > 1)
+            pthread_cond_broadcast(&p->space);
+        else
+            pthread_cond_signal(&p->space);
+        if (p->in_flight == 0)
+            pthread_cond_broadcast(&p->idle);
+        pthread_mutex_unlock(&p->mu);
+        for (size_t i = at; i < end; i++)
+            od_msg_free(ms[i]);
+    }
+}
+
 /* Schedule m to run again at due (monotonic ms). */
 static void reschedule(struct od_pipe *p, orderd_msg *m, int64_t due)
 {
@@ -506,30 +548,46 @@ static void run_stage(struct od_pipe *p, struct orderd_inst *st, orderd_msg **ms
             od_metrics_stage_observe(&st->metrics, elapsed);
 }
 
+/* Runs the batch through the stages.  sub, at and res have room for n;
+ * messages that passed the last stage are gathered in sub's free tail
+ * and finished together. */
 static void process_batch(struct od_pipe *p, orderd_msg **batch, size_t n,
-                          orderd_msg **sub, orderd_result *res)
+                          orderd_msg **sub, size_t *at, orderd_result *res)
 {
     for (size_t s = 0; s < p->nstages; s++) {
-        size_t k = 0;
+        struct orderd_inst *st = &p->stages[s];
+        bool last = s + 1 == p->nstages;
+        size_t k = 0, nok = 0;
+
         for (size_t i = 0; i < n; i++)
-            if (batch[i] && batch[i]->stage == s)
+            if (batch[i] && batch[i]->stage == s) {
+                at[k] = i;
                 sub[k++] = batch[i];
+            }
         if (k == 0)
             continue;
         if (is_stopping(p))
             return;   /* what is left stays in flight for its source */
-        run_stage(p, &p->stages[s], sub, k, res);
+        run_stage(p, st, sub, k, res);
         for (size_t j = 0; j < k; j++) {
             if (res[j].outcome == OD_NOT_RUN)
                 continue;
-            if (route(p, &p->stages[s], sub[j], res[j].outcome))
+            if (last && res[j].outcome == ORDERD_OK) {
+                /* Done: finished with the others below.  sub[nok] is
+                 * free, as nok <= j. */
+                atomic_fetch_add_explicit(&st->metrics.ok, 1, memory_order_relaxed);
+                sub[nok++] = sub[j];
+                batch[at[j]] = NULL;
+                continue;
+            }
+            if (route(p, st, sub[j], res[j].outcome))
                 continue;
             /* It left the batch (and may already belong to another thread):
              * forget the pointer without touching what it points to. */
-            for (size_t i = 0; i < n; i++)
-                if (batch[i] == sub[j])
-                    batch[i] = NULL;
+            batch[at[j]] = NULL;
         }
+        if (nok > 0)
+            finish_ok_many(p, sub, nok);
     }
 }
 
@@ -562,9 +620,10 @@ static void *worker_main(void *arg)
     struct od_pipe *p = arg;
     size_t max = p->pc->batch.max;
     orderd_msg **batch = calloc(max, sizeof(*batch)), **sub = calloc(max, sizeof(*sub));
+    size_t *at = calloc(max, sizeof(*at));
     orderd_result *res = calloc(max, sizeof(*res));
 
-    if (batch == NULL || sub == NULL || res == NULL) {
+    if (batch == NULL || sub == NULL || at == NULL || res == NULL) {
         od_logf(ORDERD_LOG_ERR, p->pc->name, NULL, NULL, "worker: out of memory");
         goto out;
     }
@@ -592,13 +651,14 @@ static void *worker_main(void *arg)
         if (p->nready > 0)
             pthread_cond_signal(&p->work);   /* more for another worker */
         pthread_mutex_unlock(&p->mu);
-        process_batch(p, batch, n, sub, res);
+        process_batch(p, batch, n, sub, at, res);
         pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
 out:
     free(batch);
     free(sub);
+    free(at);
     free(res);
     return NULL;
 }

@@ -530,11 +530,19 @@ fail:
     return rc;
 }
 
-/* Remember a completion.  Not fsynced on purpose: a lost ack only causes a
- * redelivery after a crash.  Called with the lock held. */
-static void spool_ack_write(struct od_spool *s, struct spool_seg *g, uint64_t seq)
+/* An ack entry: the seq and its complement (a torn entry fails the check). */
+static void spool_ack_put(unsigned char *e, uint64_t seq)
 {
-    unsigned char e[SPOOL_ACK];
+    spool_put64(e, seq);
+    spool_put64(e + 8, ~seq);
+}
+
+/* Remember n completions (entries of SPOOL_ACK bytes in e), with one write.
+ * Not fsynced on purpose: a lost ack only causes a redelivery after a
+ * crash.  Called with the lock held. */
+static void spool_ack_write(struct od_spool *s, struct spool_seg *g, const unsigned char *e,
+                            size_t n)
+{
     char name[64];
     ssize_t w;
 
@@ -544,12 +552,10 @@ static void spool_ack_write(struct od_spool *s, struct spool_seg *g, uint64_t se
         if (g->ack_fd < 0)
             goto fail;
     }
-    spool_put64(e, seq);
-    spool_put64(e + 8, ~seq);
     do
-        w = write(g->ack_fd, e, sizeof(e));
+        w = write(g->ack_fd, e, n * SPOOL_ACK);
     while (w < 0 && errno == EINTR);
-    if (w == (ssize_t)sizeof(e))
+    if (w == (ssize_t)(n * SPOOL_ACK))
         return;
     if (w >= 0)
         errno = EIO;   /* short write; the next open ignores the torn entry */
@@ -1132,7 +1138,9 @@ int od_spool_next(struct od_spool *s, uint64_t *seq, void **data, size_t *len, i
                 g->state[idx] = REC_DONE;
                 g->live--;
                 s->live--;
-                spool_ack_write(s, g, q);
+                unsigned char e[SPOOL_ACK];
+                spool_ack_put(e, q);
+                spool_ack_write(s, g, e, 1);
             }
             spool_seg_maybe_drop(s, g);
             continue;
@@ -1211,23 +1219,53 @@ static void *spool_keeper_main(void *arg)
     return NULL;
 }
 
-void od_spool_complete(struct od_spool *s, uint64_t seq)
+/* Completions of one batch: one lock, and one ack write per segment run
+ * (up to SPOOL_ACK_RUN entries) instead of one per record. */
+#define SPOOL_ACK_RUN 64
+
+void od_spool_complete_many(struct od_spool *s, const uint64_t *seqs, size_t n)
 {
-    struct spool_seg *g;
-    uint32_t idx;
+    unsigned char buf[SPOOL_ACK_RUN * SPOOL_ACK];
+    struct spool_seg *run = NULL;   /* the segment buf's entries are for */
+    size_t k = 0;
 
     pthread_mutex_lock(&s->mu);
-    g = spool_find(s, seq, &idx);
-    if (g != NULL && (g->state[idx] == REC_READY || g->state[idx] == REC_INFLIGHT)) {
+    for (size_t i = 0; i < n; i++) {
+        struct spool_seg *g;
+        uint32_t idx;
+
+        g = spool_find(s, seqs[i], &idx);
+        if (g == NULL || (g->state[idx] != REC_READY && g->state[idx] != REC_INFLIGHT))
+            continue;
         g->state[idx] = REC_DONE;
         g->live--;
         s->live--;
+        if (k > 0 && (run != g || k == SPOOL_ACK_RUN)) {
+            spool_ack_write(s, run, buf, k);
+            k = 0;
+        }
         /* No ack needed for a segment that is about to disappear. */
-        if (g->live != 0 || g->refs != 0 || g == spool_active(s))
-            spool_ack_write(s, g, seq);
-        spool_seg_maybe_drop(s, g);
+        if (g->live != 0 || g->refs != 0 || g == spool_active(s)) {
+            spool_ack_put(buf + k++ * SPOOL_ACK, seqs[i]);
+            run = g;
+        }
+        if (g->live == 0) {
+            /* It may be freed now: its entries go out first. */
+            if (k > 0) {
+                spool_ack_write(s, run, buf, k);
+                k = 0;
+            }
+            spool_seg_maybe_drop(s, g);
+        }
     }
+    if (k > 0)
+        spool_ack_write(s, run, buf, k);
     pthread_mutex_unlock(&s->mu);
+}
+
+void od_spool_complete(struct od_spool *s, uint64_t seq)
+{
+    od_spool_complete_many(s, &seq, 1);
 }
 
 void od_spool_requeue(struct od_spool *s, uint64_t seq)

@@ -63,6 +63,9 @@ void od_spool_shutdown(struct od_spool *s);
 
 /* Mark a record completed (processed or dead-lettered).  Idempotent. */
 void od_spool_complete(struct od_spool *s, uint64_t seq);
+/* od_spool_complete() for n seqs at once: one lock, one ack write per run
+ * of records in the same segment. */
+void od_spool_complete_many(struct od_spool *s, const uint64_t *seqs, size_t n);
 /* Hand a record out again later (abandoned): it comes back from od_spool_next. */
 void od_spool_requeue(struct od_spool *s, uint64_t seq);
 

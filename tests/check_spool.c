@@ -466,6 +466,54 @@ START_TEST(test_segments)
 }
 END_TEST
 
+/* Completions in batches: a run that crosses segments and needs more than
+ * one ack write (over 64 records), the same seq twice and an unknown one; a reopened spool hands
+ * out exactly the records that were not completed. */
+START_TEST(test_complete_many)
+{
+    struct od_spool *s = sp_open(0, 16384, 1);
+    struct od_spool_stats st;
+    uint64_t seq, all[200], done[200], kept[200];
+    size_t ndone = 0, nkept = 0;
+
+    for (uint32_t i = 0; i < 200; i++)
+        all[i] = sp_append(s, 9, 100 * 37);     /* 132 bytes on disk: 124 per segment */
+    for (uint32_t i = 0; i < 200; i++) {
+        ck_assert_uint_eq(sp_next(s, &seq), 100 * 37);
+        ck_assert_uint_eq(seq, all[i]);
+        /* Keep one record in every 9th, the rest complete in one call. */
+        if (i % 9 == 4)
+            kept[nkept++] = seq;
+        else
+            done[ndone++] = seq;
+    }
+    done[ndone++] = done[3];                     /* already completed: ignored */
+    done[ndone++] = 999999;                      /* unknown: ignored */
+    od_spool_complete_many(s, done, ndone);
+    od_spool_stats(s, &st);
+    ck_assert_uint_eq(st.records, nkept);
+    od_spool_close(s);
+
+    s = sp_open(0, 16384, 1);
+    od_spool_stats(s, &st);
+    ck_assert_uint_eq(st.records, nkept);
+    for (size_t i = 0; i < nkept; i++) {
+        ck_assert_uint_eq(sp_next(s, &seq), 100 * 37);
+        ck_assert_uint_eq(seq, kept[i]);
+    }
+    sp_expect_empty(s);
+    od_spool_complete_many(s, kept, nkept);
+    od_spool_stats(s, &st);
+    ck_assert_uint_eq(st.records, 0);
+    ck_assert_int_eq(files_at_most(".log", 1), 1);
+    od_spool_close(s);
+
+    s = sp_open(0, 16384, 1);
+    sp_expect_empty(s);
+    od_spool_close(s);
+}
+END_TEST
+
 START_TEST(test_enospc)
 {
     /* Two records per segment, room for exactly ten. */
@@ -1229,6 +1277,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, test_concurrency);
     tcase_add_test(tc, test_restart);
     tcase_add_test(tc, test_segments);
+    tcase_add_test(tc, test_complete_many);
     tcase_add_test(tc, test_enospc);
     tcase_add_test(tc, test_enospc_active);
     tcase_add_test(tc, test_torn_tail);

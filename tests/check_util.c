@@ -89,6 +89,12 @@ START_TEST(uuid_and_paths)
     ck_assert_uint_eq(strlen(a), 36);
     ck_assert_int_eq(a[14], '4');
     ck_assert(strchr("89ab", a[19]) != NULL);
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23)
+            ck_assert_int_eq(a[i], '-');
+        else
+            ck_assert_msg(strchr("0123456789abcdef", a[i]) != NULL, "uuid %s: char %d", a, i);
+    }
     ck_assert_str_ne(a, b);
     p = od_path_join("/var/lib/orderd", "spool/x");
     ck_assert_str_eq(p, "/var/lib/orderd/spool/x");

@@ -141,5 +141,9 @@ else
     echo "DRAIN: $drained of $start in $total s (DRAIN_LIMIT) -> $(awk -v n="$drained" -v s="$total" -v f="$first" 'BEGIN { printf "%.0f", n / (s - f) }') orders/s (after recovery); $left left"
 fi
 echo "drain VmHWM: $(kib "$dhwm")"
+# user+system clock ticks of the draining orderd, recovery included
+ticks=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$OD_PID/stat")
+awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$drained" 'BEGIN {
+    if (n > 0) printf "drain CPU: %.1f s of orderd CPU (user+system), %.0f us per order\n", t / hz, 1e6 * t / hz / n }'
 $U stages "$METRICS"
 stop_pid "$OD_PID"

@@ -91,6 +91,11 @@ cpu_ticks() {   # cpu_ticks PID : user+system clock ticks so far
     awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 
+ctx_switches() {   # ctx_switches PID : context switches of all its threads so far
+    cat /proc/"$1"/task/*/status 2>/dev/null |
+        awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
+
 sync_stats() {  # group commits, records in them, seconds in fdatasync so far
     local m
     for m in orderd_spool_commits_total orderd_spool_appends_total orderd_spool_sync_seconds_total; do
@@ -104,10 +109,10 @@ run_wrk() {
     local name=$1 port=$2 pid=${3:-}
     wrk -t "$WRK_THREADS" -c "$CONNS" -d "$WARMUP" -s "$HERE/post.lua" \
         "http://127.0.0.1:$port/orders" -- "w$name$$" > "$T/$name.warm"
-    [ -n "$pid" ] && { cpu0=$(cpu_ticks "$pid"); sync0=$(sync_stats); }
+    [ -n "$pid" ] && { cpu0=$(cpu_ticks "$pid"); cs0=$(ctx_switches "$pid"); sync0=$(sync_stats); }
     wrk -t "$WRK_THREADS" -c "$CONNS" -d "$DURATION" --latency -s "$HERE/post.lua" \
         "http://127.0.0.1:$port/orders" -- "$name$$" > "$T/$name.wrk"
-    [ -n "$pid" ] && { cpu1=$(cpu_ticks "$pid"); sync1=$(sync_stats); }
+    [ -n "$pid" ] && { cpu1=$(cpu_ticks "$pid"); cs1=$(ctx_switches "$pid"); sync1=$(sync_stats); }
     return 0
 }
 
@@ -141,6 +146,8 @@ echo "orderd p99: $o_p99 ms   (target < 10 ms: $(awk -v p="$o_p99" 'BEGIN { prin
 awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" -v r="$o_rps" 'BEGIN {
     sub(/s$/, "", d); s = t / hz
     printf "orderd CPU during the measured run: %.1f s of %s s (%.0f %% of one core), %.1f us per request\n", s, d, 100 * s / d, 1e6 * s / (r * d) }'
+awk -v c=$((cs1 - cs0)) -v d="$DURATION" -v r="$o_rps" 'BEGIN {
+    sub(/s$/, "", d); printf "orderd context switches during the run: %.0f per second, %.2f per request\n", c / d, c / (r * d) }'
 awk -v a="$sync0" -v b="$sync1" 'BEGIN {
     split(a, x, " "); split(b, y, " "); c = y[1] - x[1]; r = y[2] - x[2]; t = y[3] - x[3]
     if (c > 0) printf "spool group commits during the run: %d, %.1f records each, fdatasync %.3f ms on average\n", c, r / c, 1000 * t / c }'
