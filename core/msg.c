@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "msg.h"
+#include "../plugins/common/jsonenc.h"
 #include "util.h"
 
 /* A message with the given id, or a fresh one when id is NULL. */
@@ -47,6 +48,7 @@ void od_msg_free(orderd_msg *m)
         return;
     free(m->id);
     json_decref(m->body);
+    free(m->body_text);
     for (size_t i = 0; i < m->nprops; i++) {
         free(m->props[i].key);
         free(m->props[i].value);
@@ -87,15 +89,38 @@ static int msg_set_id(orderd_msg *m, const char *id)
     return set_str(&m->id, id);
 }
 
+/* The cached text no longer matches (or may no longer match) the body. */
+static void msg_text_drop(orderd_msg *m)
+{
+    free(m->body_text);
+    m->body_text = NULL;
+}
+
 static json_t *msg_body(orderd_msg *m)
+{
+    msg_text_drop(m);   /* the caller may change the tree */
+    return m->body;
+}
+
+static const json_t *msg_body_peek(const orderd_msg *m)
 {
     return m->body;
 }
 
 static void msg_set_body(orderd_msg *m, json_t *body)
 {
+    msg_text_drop(m);
     json_decref(m->body);
     m->body = body ? body : json_null();
+}
+
+static const char *msg_body_text(orderd_msg *m, size_t *len)
+{
+    if (m->body_text == NULL)
+        m->body_text = jenc_dumps(m->body, &m->body_text_len);
+    if (m->body_text != NULL && len != NULL)
+        *len = m->body_text_len;
+    return m->body_text;
 }
 
 static const char *msg_prop(const orderd_msg *m, const char *key)
@@ -325,4 +350,6 @@ const orderd_host od_msg_host_part = {
     .msg_reason = msg_reason,
     .retry = host_retry,
     .reject = host_reject,
+    .msg_body_text = msg_body_text,
+    .msg_body_peek = msg_body_peek,
 };

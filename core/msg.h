@@ -16,6 +16,8 @@ struct od_prop {
 struct orderd_msg {
     char            *id;
     json_t          *body;
+    char            *body_text;      /* msg_body_text(): body encoded, or NULL */
+    size_t           body_text_len;
     struct od_prop  *props;
     size_t           nprops;
     char            *content_type;

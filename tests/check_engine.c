@@ -119,6 +119,40 @@ static double metric(const char *series)
     return v;
 }
 
+/* msg_body_text (ABI 1.3): json_dumps()'s compact bytes, made once; kept by
+ * msg_body_peek, dropped by msg_body (the tree may change) and msg_set_body. */
+START_TEST(body_text_cached_until_the_body_may_change)
+{
+    const orderd_host *h = od_host_table();
+    json_t *body = json_pack("{s:s, s:[{s:f, s:i}], s:s}", "id", "o-1", "items", "price", 19.99,
+                             "qty", 2, "note", "caf\xc3\xa9 \"q\"\n");
+    char *want = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    orderd_msg *m = od_msg_new(body);
+    const char *t1, *t2;
+    size_t len = 0;
+
+    ck_assert(ORDERD_HOST_HAS(h, msg_body_text));
+    ck_assert(ORDERD_HOST_HAS(h, msg_body_peek));
+    t1 = h->msg_body_text(m, &len);
+    ck_assert_ptr_nonnull(t1);
+    ck_assert_str_eq(t1, want);
+    ck_assert_uint_eq(len, strlen(want));
+    ck_assert_ptr_eq(h->msg_body_peek(m), body);
+    t2 = h->msg_body_text(m, NULL);
+    ck_assert_ptr_eq(t2, t1);                          /* encoded once */
+
+    json_object_set_new(h->msg_body(m), "status", json_string("paid"));
+    t2 = h->msg_body_text(m, &len);
+    ck_assert_ptr_nonnull(strstr(t2, ",\"status\":\"paid\"}"));
+    ck_assert_uint_eq(len, strlen(t2));
+
+    h->msg_set_body(m, json_pack("{s:i}", "v", 2));
+    ck_assert_str_eq(h->msg_body_text(m, NULL), "{\"v\":2}");
+    od_msg_free(m);
+    free(want);
+}
+END_TEST
+
 START_TEST(ok_path_every_message_once_in_order_of_stages)
 {
     struct run r;
@@ -476,6 +510,7 @@ int main(void)
     tcase_add_test(tc, defer_outcome_with_spool);
     tcase_add_test(tc, async_outcome_at_stop);
     tcase_add_test(tc, async_outcome_at_stop_with_spool);
+    tcase_add_test(tc, body_text_cached_until_the_body_may_change);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

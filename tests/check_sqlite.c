@@ -310,6 +310,65 @@ START_TEST(test_jsonenc_matches_jansson)
 }
 END_TEST
 
+/* jenc_member_span() (the store's way to the snapshot inside an event's
+ * text): top-level members only, past strings with braces, quotes and
+ * escapes, nested objects with the same key, and every kind of value. */
+static void
+span_is(const char *text, const char *key, const char *want)
+{
+    size_t off = 0, n = 0;
+    int rc = jenc_member_span(text, strlen(text), key, &off, &n);
+
+    if (want == NULL) {
+        ck_assert_msg(rc == -ENOENT, "%s in %s: rc %d", key, text, rc);
+        return;
+    }
+    ck_assert_msg(rc == 0, "%s in %s: rc %d", key, text, rc);
+    ck_assert_uint_eq(n, strlen(want));
+    ck_assert_msg(memcmp(text + off, want, n) == 0, "%s in %s: got %.*s", key, text, (int)n,
+                  text + off);
+}
+
+START_TEST(test_jsonenc_member_span)
+{
+    const char *ev = "{\"id\":\"e\\\"}{\",\"data\":{\"snapshot\":1,\"x\":[{\"snapshot\":2}]},"
+                     "\"n\":-1.5e3,\"t\":true,\"z\":null,\"snapshot\":{\"id\":\"o-1\","
+                     "\"items\":[1,[2,{}]],\"s\":\"}\"},\"last\":\"\"}";
+    size_t off, n;
+
+    span_is(ev, "snapshot", "{\"id\":\"o-1\",\"items\":[1,[2,{}]],\"s\":\"}\"}");
+    span_is(ev, "id", "\"e\\\"}{\"");
+    span_is(ev, "n", "-1.5e3");
+    span_is(ev, "t", "true");
+    span_is(ev, "z", "null");
+    span_is(ev, "last", "\"\"");
+    span_is(ev, "x", NULL);             /* only nested */
+    span_is(ev, "snap", NULL);
+    span_is("{}", "snapshot", NULL);
+    span_is("{\"snapshot\":[]}", "snapshot", "[]");
+
+    /* what jenc_dump() writes for a tree: the same bytes as encoding the member */
+    {
+        json_t *o = json_pack("{s:s, s:{s:[i,f]}, s:o}", "type", "OrderCreated", "snapshot",
+                              "items", 1, 2.5, "data", json_pack("{s:s}", "k", "v\"}"));
+        char *all = jenc_dumps(o, NULL), *one = jenc_dumps(json_object_get(o, "snapshot"), NULL);
+
+        ck_assert_ptr_nonnull(all);
+        ck_assert_ptr_nonnull(one);
+        span_is(all, "snapshot", one);
+        free(all);
+        free(one);
+        json_decref(o);
+    }
+
+    ck_assert_int_eq(jenc_member_span("[1]", 3, "a", &off, &n), -EINVAL);
+    ck_assert_int_eq(jenc_member_span("{\"a\"", 4, "a", &off, &n), -EINVAL);
+    ck_assert_int_eq(jenc_member_span("{\"a\":", 5, "a", &off, &n), -EINVAL);
+    ck_assert_int_eq(jenc_member_span("{\"a\":1", 6, "b", &off, &n), -EINVAL);
+    ck_assert_int_eq(jenc_member_span("{", 1, "a", &off, &n), -EINVAL);
+}
+END_TEST
+
 /* jdec_loadb() (the feed's and lookups' parser) gives what
  * json_loadb(JSON_DECODE_ANY) gives: the same value, or NULL with an error
  * for what jansson refuses, on edge cases and on mutated documents; and
@@ -994,6 +1053,7 @@ sqlite_suite(void)
     tcase_add_test(tc, test_store_appends_events);
     tcase_add_test(tc, test_store_event_text_exact);
     tcase_add_test(tc, test_jsonenc_matches_jansson);
+    tcase_add_test(tc, test_jsonenc_member_span);
     tcase_add_test(tc, test_jsondec_matches_jansson);
     tcase_add_test(tc, test_store_duplicate_is_noop);
     tcase_add_test(tc, test_store_older_version_keeps_snapshot);

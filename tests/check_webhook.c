@@ -1113,8 +1113,11 @@ START_TEST(test_format_bytes)
     struct wh_event_in ev = { .id = "evt-\"1\"", .type = "OrderPaid", .subject = "orders/o-1",
                               .time = "2026-11-23T12:00:00.000Z", .data = data };
     int fmt, with_subject;
+    char *text;
 
     ck_assert_ptr_nonnull(data);
+    text = json_dumps(data, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_PRESERVE_ORDER);
+    ck_assert_ptr_nonnull(text);
     for (fmt = 0; fmt < 2; fmt++) {
         for (with_subject = 0; with_subject < 2; with_subject++) {
             json_t *o = json_object();
@@ -1142,6 +1145,17 @@ START_TEST(test_format_bytes)
             got = wh_format_event((wh_format) fmt, "/src\\x", &ev);
             ck_assert_ptr_nonnull(got);
             ck_assert_str_eq(got, want);
+            free(got);
+            /* the same bytes from the message's body text (msg_body_text),
+             * which takes the place of the tree */
+            ev.data = NULL;
+            ev.data_text = text;
+            ev.data_len = strlen(text);
+            got = wh_format_event((wh_format) fmt, "/src\\x", &ev);
+            ck_assert_ptr_nonnull(got);
+            ck_assert_str_eq(got, want);
+            ev.data = data;
+            ev.data_text = NULL;
             free(want);
             free(got);
             json_decref(o);
@@ -1151,6 +1165,7 @@ START_TEST(test_format_bytes)
     ev.id = "evt-\xff";
     ck_assert_ptr_null(wh_format_event(WH_FMT_CLOUDEVENTS, "/src", &ev));
     json_decref(data);
+    free(text);
 }
 END_TEST
 

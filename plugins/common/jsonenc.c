@@ -319,3 +319,76 @@ jenc_dumps(const json_t *v, size_t *len)
         *len = b.len;
     return b.p;
 }
+
+/* The end of the string whose opening quote is at i, or len if unterminated. */
+static size_t
+jenc_skip_string(const char *t, size_t len, size_t i)
+{
+    for (i++; i < len; i++) {
+        if (t[i] == '\\')
+            i++;
+        else if (t[i] == '"')
+            return i + 1;
+    }
+    return len;
+}
+
+/* The end of the value starting at i (no leading blanks), or len. */
+static size_t
+jenc_skip_value(const char *t, size_t len, size_t i)
+{
+    size_t depth = 0;
+
+    while (i < len) {
+        char c = t[i];
+
+        if (c == '"') {
+            i = jenc_skip_string(t, len, i);
+        } else if (c == '{' || c == '[') {
+            depth++;
+            i++;
+        } else if (c == '}' || c == ']') {
+            if (depth == 0)
+                return i;       /* the end of the enclosing object */
+            depth--;
+            i++;
+        } else if (c == ',' && depth == 0) {
+            return i;
+        } else {
+            i++;
+        }
+        if (depth == 0 && (c == '"' || c == '}' || c == ']'))
+            return i;
+    }
+    return len;
+}
+
+int
+jenc_member_span(const char *text, size_t len, const char *key, size_t *off, size_t *n)
+{
+    size_t klen = strlen(key), i = 1;
+
+    if (len < 2 || text[0] != '{')
+        return -EINVAL;
+    while (i < len && text[i] == '"') {
+        size_t kend = jenc_skip_string(text, len, i), vend;
+
+        if (kend >= len || text[kend] != ':')
+            return -EINVAL;
+        vend = jenc_skip_value(text, len, kend + 1);
+        if (vend > len || vend == kend + 1)
+            return -EINVAL;
+        if (kend - i - 2 == klen && memcmp(text + i + 1, key, klen) == 0) {
+            *off = kend + 1;
+            *n = vend - (kend + 1);
+            return 0;
+        }
+        if (vend < len && text[vend] == ',')
+            i = vend + 1;
+        else if (vend < len && text[vend] == '}')
+            return -ENOENT;
+        else
+            return -EINVAL;
+    }
+    return i < len && text[i] == '}' ? -ENOENT : -EINVAL;
+}

@@ -45,4 +45,11 @@ int jenc_string(struct jenc_buf *b, const char *s, size_t n);
  * NULL), or NULL on ENOMEM or a value jenc_dump() refuses. */
 char *jenc_dumps(const json_t *v, size_t *len);
 
+/* JENC_MEMBER_SPAN - where the value of the top-level member key sits in
+ * text, a JSON object as jenc_dump() writes it (compact; keys compared as
+ * written, so a key spelled with escapes does not match).
+ * RETURNS: 0 with the value's offset and length in *off and *n; -ENOENT
+ * when the object has no such member; -EINVAL when text is not an object. */
+int jenc_member_span(const char *text, size_t len, const char *key, size_t *off, size_t *n);
+
 #endif

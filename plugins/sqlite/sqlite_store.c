@@ -63,9 +63,9 @@ struct sqs_rec {
     const char *type;
     const char *time;
     const char *status;
-    const char *event_txt;  /* into sqs.enc, or NULL for a document */
+    const char *event_txt;  /* the message's body text or sqs.enc; NULL for a document */
     size_t      event_len;
-    const char *snap_txt;   /* into sqs.enc: inside event_txt for an event */
+    const char *snap_txt;   /* inside event_txt for an event, else into sqs.enc */
     size_t      snap_len;
 };
 
@@ -255,7 +255,8 @@ static int
 sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
 {
     const orderd_host *h = s->h;
-    json_t            *body = h->msg_body(m);
+    json_t            *body = ORDERD_HOST_HAS(h, msg_body_peek)
+                              ? (json_t *) h->msg_body_peek(m) : h->msg_body(m);
     json_t            *snap, *jv;
     const char        *pv;
     char              *end;
@@ -320,6 +321,19 @@ sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
                          (long long) rec->version);
 
     rec->status = sqs_str(snap, "status");
+    if (ORDERD_HOST_HAS(h, msg_body_text)) {
+        /* The message's own encoding, which the publishers after us reuse. */
+        size_t len, at, n;
+        const char *txt = h->msg_body_text(m, &len);
+
+        if (txt == NULL || jenc_member_span(txt, len, "snapshot", &at, &n) != 0)
+            return h->reject(m, "sqlite: event %s cannot be encoded as JSON", rec->event_id);
+        rec->event_txt = txt;
+        rec->event_len = len;
+        rec->snap_txt = txt + at;
+        rec->snap_len = n;
+        return 0;
+    }
     if (sqs_encode_event(s, body, rec) != 0)
         return h->reject(m, "sqlite: event %s cannot be encoded as JSON", rec->event_id);
     return 0;

@@ -18,6 +18,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -515,9 +516,12 @@ static void
 wh_event_of(const orderd_host *h, orderd_msg *m, struct wh_event_in *ev, char *subject,
             size_t slen)
 {
-    json_t *body = h->msg_body(m);
+    /* Read only, so the body text a store before us made is reused. */
+    bool text = ORDERD_HOST_HAS(h, msg_body_text);
+    json_t *body = text ? (json_t *) h->msg_body_peek(m) : h->msg_body(m);
     const char *oid;
 
+    ev->data_text = NULL;
     ev->id = h->msg_id(m);
     ev->type = h->msg_prop(m, "type");
     if (ev->type == NULL)
@@ -532,6 +536,8 @@ wh_event_of(const orderd_host *h, orderd_msg *m, struct wh_event_in *ev, char *s
     }
     ev->time = json_string_value(json_object_get(body, "time"));
     ev->data = body;
+    if (text)
+        ev->data_text = h->msg_body_text(m, &ev->data_len);   /* NULL: encoded below */
 }
 
 static int

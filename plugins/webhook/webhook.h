@@ -32,6 +32,8 @@ struct wh_event_in {
     const char   *subject;   /* "orders/<orderId>", or NULL */
     const char   *time;      /* RFC 3339, or NULL (then now) */
     const json_t *data;      /* the event body */
+    const char   *data_text; /* data already encoded (compact), or NULL */
+    size_t        data_len;
 };
 
 /* WH_FORMAT_EVENT - the JSON object for one event in format fmt, serialised

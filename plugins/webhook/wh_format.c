@@ -90,7 +90,9 @@ wh_format_event(wh_format fmt, const char *source, const struct wh_event_in *ev)
     }
     rc |= jenc_put(&b, ",\"data\":", 8);
     if (rc == 0)
-        rc = ev->data != NULL ? jenc_dump(&b, ev->data) : jenc_put(&b, "null", 4);
+        rc = ev->data_text != NULL ? jenc_put(&b, ev->data_text, ev->data_len)
+             : ev->data != NULL    ? jenc_dump(&b, ev->data)
+                                   : jenc_put(&b, "null", 4);
     if (rc == 0)
         rc = jenc_put(&b, "}", 1);
     if (rc != 0) {

@@ -44,7 +44,7 @@ extern "C" {
 #endif
 
 #define ORDERD_ABI_MAJOR 1u
-#define ORDERD_ABI_MINOR 2u
+#define ORDERD_ABI_MINOR 3u
 
 /* Name of the one symbol a plugin exports. */
 #define ORDERD_PLUGIN_SYMBOL "orderd_plugin_v1"
@@ -311,7 +311,24 @@ typedef struct orderd_host {
      * RETURNS: 0. */
     int (*submit_flush)(orderd_inst *inst);
 
-    /* ABI 1.3+ members go below this line only. */
+    /* ---- ABI 1.3 (test with ORDERD_HOST_HAS(host, msg_body_text)) ---- */
+
+    /* MSG_BODY_TEXT - the body as compact JSON text: members in the tree's
+     * order, the bytes json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15))
+     * gives.  Made once and
+     * kept with the message, so the stages that each need the encoded body
+     * (a store, a publisher) share one encoding.  msg_set_body() drops it,
+     * and so does msg_body(), which hands the tree out for changing: read
+     * the tree with msg_body_peek() to keep it.  Do not change a tree you
+     * got from msg_body() earlier after calling this.
+     * RETURNS: NUL-terminated text of *len bytes, borrowed like msg_body();
+     * NULL when out of memory or the body cannot be encoded. */
+    const char   *(*msg_body_text)(orderd_msg *m, size_t *len);
+
+    /* MSG_BODY_PEEK - the body, for reading only; keeps msg_body_text's text. */
+    const json_t *(*msg_body_peek)(const orderd_msg *m);
+
+    /* ABI 1.4+ members go below this line only. */
 } orderd_host;
 
 /* Does the running host provide this orderd_host member?  For members added
