@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -289,6 +290,81 @@ json_t *od_msg_to_json(const orderd_msg *m)
     json_object_set_new(j, "enqueued_ms", json_integer(m->enqueued_ms));
     json_object_set_new(j, "delivery_count", json_integer(m->delivery_count));
     return j;
+}
+
+/* Is s something json_string() takes (valid UTF-8)?  ASCII is checked here,
+ * the rest by jansson. */
+static bool msg_utf8(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    json_t *check;
+
+    while (*p != '\0' && *p < 0x80)
+        p++;
+    if (*p == '\0')
+        return true;
+    if ((check = json_string(s)) == NULL)
+        return false;
+    json_decref(check);
+    return true;
+}
+
+static int msg_put_member(struct jenc_buf *b, const char *key, const char *value)
+{
+    return jenc_put(b, ",\"", 2) || jenc_put(b, key, strlen(key)) || jenc_put(b, "\":", 2) ||
+           jenc_string(b, value, strlen(value));
+}
+
+static int msg_put_int(struct jenc_buf *b, const char *key, int64_t v)
+{
+    char num[24], *e = num + sizeof(num), *p = e;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0)
+        *--p = '-';
+    return jenc_put(b, ",\"", 2) || jenc_put(b, key, strlen(key)) || jenc_put(b, "\":", 2) ||
+           jenc_put(b, p, (size_t)(e - p));
+}
+
+char *od_msg_record(const orderd_msg *m, size_t *len)
+{
+    struct jenc_buf b = { NULL, 0, 0 };
+    bool plain = msg_utf8(m->id) && (m->content_type == NULL || msg_utf8(m->content_type)) &&
+                 (m->partition_key == NULL || msg_utf8(m->partition_key));
+    int rc;
+
+    for (size_t i = 0; plain && i < m->nprops; i++)
+        plain = msg_utf8(m->props[i].key) && msg_utf8(m->props[i].value);
+    if (!plain) {
+        /* jansson leaves out what it refuses: keep doing exactly that. */
+        json_t *j = od_msg_to_json(m);
+        char *text = j ? jenc_dumps(j, len) : NULL;
+
+        json_decref(j);
+        return text;
+    }
+    rc = jenc_put(&b, "{\"id\":", 6) || jenc_string(&b, m->id, strlen(m->id)) ||
+         jenc_put(&b, ",\"body\":", 8) ||
+         (m->body_text ? jenc_put(&b, m->body_text, m->body_text_len) : jenc_dump(&b, m->body)) ||
+         jenc_put(&b, ",\"properties\":{", 15);
+    for (size_t i = 0; rc == 0 && i < m->nprops; i++)
+        rc = (i > 0 && jenc_put(&b, ",", 1)) ||
+             jenc_string(&b, m->props[i].key, strlen(m->props[i].key)) || jenc_put(&b, ":", 1) ||
+             jenc_string(&b, m->props[i].value, strlen(m->props[i].value));
+    rc = rc || jenc_put(&b, "}", 1) ||
+         (m->content_type && msg_put_member(&b, "content_type", m->content_type)) ||
+         (m->partition_key && msg_put_member(&b, "partition_key", m->partition_key)) ||
+         msg_put_int(&b, "enqueued_ms", m->enqueued_ms) ||
+         msg_put_int(&b, "delivery_count", m->delivery_count) || jenc_put(&b, "}", 1);
+    if (rc != 0) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
 }
 
 orderd_msg *od_msg_from_json(const json_t *j)

@@ -61,6 +61,10 @@ int         od_msg_set_reason(orderd_msg *m, const char *reason);
 /* Envelope <-> JSON object (for the spool and the dead-letter area):
  * {"id","body","properties":{},"content_type","partition_key","enqueued_ms","delivery_count"} */
 json_t     *od_msg_to_json(const orderd_msg *m);
+/* The same envelope as text, jenc_dumps(od_msg_to_json(m)) byte for byte,
+ * written directly (and with the body's cached text when it has one).
+ * RETURNS: malloc'd text of *len bytes, or NULL out of memory. */
+char       *od_msg_record(const orderd_msg *m, size_t *len);
 orderd_msg *od_msg_from_json(const json_t *j);
 
 #endif

@@ -773,15 +773,6 @@ static int admit_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int 
     return 0;
 }
 
-/* m as a spool record (JSON text), or NULL without memory. */
-static char *msg_record(orderd_msg *m, size_t *len)
-{
-    json_t *j = od_msg_to_json(m);
-    char *text = j ? jenc_dumps(j, len) : NULL;
-
-    json_decref(j);
-    return text;
-}
 
 /* host->submit() */
 int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
@@ -801,7 +792,7 @@ int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
             od_msg_free(m);
             return -ESHUTDOWN;
         }
-        text = msg_record(m, &len);
+        text = od_msg_record(m, &len);
         od_msg_free(m);
         if (text == NULL)
             return -ENOMEM;
@@ -878,7 +869,7 @@ int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags
             od_msg_free(m);
             return -ESHUTDOWN;
         }
-        text = msg_record(m, &len);
+        text = od_msg_record(m, &len);
         od_msg_free(m);
         w = text ? malloc(sizeof(*w)) : NULL;
         if (w == NULL) {

@@ -19,6 +19,7 @@
 #include "msg.h"
 #include "pipe.h"
 #include "util.h"
+#include "../plugins/common/jsonenc.h"
 
 struct run {
     struct od_registry reg;
@@ -150,6 +151,47 @@ START_TEST(body_text_cached_until_the_body_may_change)
     ck_assert_str_eq(h->msg_body_text(m, NULL), "{\"v\":2}");
     od_msg_free(m);
     free(want);
+}
+END_TEST
+
+/* od_msg_record() (a spool record, written directly) is byte for byte the
+ * envelope od_msg_to_json() builds, with and without the body's cached
+ * text, and still when a property is not UTF-8 (jansson leaves it out). */
+static void record_same(orderd_msg *m)
+{
+    json_t *j = od_msg_to_json(m);
+    char *want = jenc_dumps(j, NULL), *got;
+    size_t len = 0;
+
+    ck_assert_ptr_nonnull(want);
+    got = od_msg_record(m, &len);
+    ck_assert_ptr_nonnull(got);
+    ck_assert_str_eq(got, want);
+    ck_assert_uint_eq(len, strlen(want));
+    free(got);
+    free(want);
+    json_decref(j);
+}
+
+START_TEST(spool_record_matches_the_envelope)
+{
+    const orderd_host *h = od_host_table();
+    orderd_msg *m = od_msg_new(json_pack("{s:s, s:[i, f, n, b]}", "id", "o-\"1\"/\xc3\xa9",
+                                         "a", -3, 2.5, 1));
+
+    record_same(m);                                    /* no properties */
+    ck_assert_int_eq(h->msg_set_prop(m, "command", "create"), 0);
+    ck_assert_int_eq(h->msg_set_prop(m, "note", "tab\t \"quoted\" caf\xc3\xa9"), 0);
+    ck_assert_int_eq(h->msg_set_partition_key(m, "o-1"), 0);
+    ck_assert_int_eq(h->msg_set_content_type(m, "application/json"), 0);
+    h->msg_set_enqueued_ms(m, -1);
+    h->msg_set_delivery_count(m, 4294967295u);
+    record_same(m);
+    ck_assert_ptr_nonnull(h->msg_body_text(m, NULL));  /* now from the cached text */
+    record_same(m);
+    ck_assert_int_eq(h->msg_set_prop(m, "bad", "\xff\xfe"), 0);
+    record_same(m);                                    /* falls back to jansson's way */
+    od_msg_free(m);
 }
 END_TEST
 
@@ -511,6 +553,7 @@ int main(void)
     tcase_add_test(tc, async_outcome_at_stop);
     tcase_add_test(tc, async_outcome_at_stop_with_spool);
     tcase_add_test(tc, body_text_cached_until_the_body_may_change);
+    tcase_add_test(tc, spool_record_matches_the_envelope);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -359,6 +359,31 @@ START_TEST(test_get_order)
 }
 END_TEST
 
+/* GET remembers at most pending_max accepted ids, the oldest going first. */
+START_TEST(test_pending_max)
+{
+    struct th_stage *s = start_stage("pending_max = 3;");
+    struct resp r;
+    int port = port_of(s);
+    static const char *const ids[] = { "p-1", "p-2", "p-3", "p-4", "p-5" };
+    char body[64], path[64];
+
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        snprintf(body, sizeof(body), "{\"id\":\"%s\"}", ids[i]);
+        ck_assert_int_eq(request(port, "POST", "/orders", NULL, body, &r), 202);
+        resp_free(&r);
+    }
+    for (int i = 1; i <= 5; i++) {
+        snprintf(path, sizeof(path), "/orders/p-%d", i);
+        ck_assert_int_eq(request(port, "GET", path, NULL, NULL, &r), i <= 2 ? 404 : 200);
+        if (i > 2)
+            ck_assert_str_eq(jstr(r.json, "status"), "accepted");
+        resp_free(&r);
+    }
+    th_stage_free(s);
+}
+END_TEST
+
 START_TEST(test_idempotency)
 {
     const char *conf = "idempotency_ttl = \"1h\";";
@@ -754,6 +779,7 @@ static Suite *http_suite(void)
     tcase_add_test(tc, test_concurrent_thread_per_connection);
     tcase_add_test(tc, test_commands);
     tcase_add_test(tc, test_get_order);
+    tcase_add_test(tc, test_pending_max);
     tcase_add_test(tc, test_idempotency);
     tcase_add_test(tc, test_idempotency_deterministic_ids);
     tcase_add_test(tc, test_bad_requests);

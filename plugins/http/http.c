@@ -86,9 +86,10 @@ typedef int hp_ret;
 /* Recently accepted order ids, so GET can say "accepted, not processed yet"
  * instead of 404 while the pipeline catches up.  Bounded: oldest evicted. */
 struct hp_pend {
-    char            *id;
     struct hp_pend  *hnext;
     struct hp_pend  *prev, *next;   /* insertion order, oldest first */
+    uint64_t         hash;
+    char             id[];
 };
 
 /* One submit_async() in flight for a suspended request.  See the top comment. */
@@ -421,11 +422,11 @@ static uint64_t hp_strhash(const char *s)
     return h;
 }
 
-static struct hp_pend **hp_pend_slot(struct hp *h, const char *id)
+static struct hp_pend **hp_pend_slot(struct hp *h, const char *id, uint64_t hash)
 {
-    struct hp_pend **pp = &h->pend_buckets[hp_strhash(id) & (h->pend_nbuckets - 1)];
+    struct hp_pend **pp = &h->pend_buckets[hash & (h->pend_nbuckets - 1)];
 
-    while (*pp != NULL && strcmp((*pp)->id, id) != 0)
+    while (*pp != NULL && ((*pp)->hash != hash || strcmp((*pp)->id, id) != 0))
         pp = &(*pp)->hnext;
     return pp;
 }
@@ -438,7 +439,6 @@ static void hp_pend_unlink(struct hp *h, struct hp_pend **slot)
     if (e->prev) e->prev->next = e->next; else h->pend_oldest = e->next;
     if (e->next) e->next->prev = e->prev; else h->pend_newest = e->prev;
     h->pend_count--;
-    free(e->id);
     free(e);
 }
 
@@ -446,24 +446,32 @@ static void hp_pend_add(struct hp *h, const char *id)
 {
     if (h->pending_max == 0)
         return;
+    size_t n = strlen(id) + 1;
+    struct hp_pend *e = malloc(sizeof *e + n);
+
+    if (e == NULL)
+        return;   /* only costs a 404 instead of "accepted" for this id */
+    e->hnext = NULL;
+    e->next = NULL;
+    e->hash = hp_strhash(id);
+    memcpy(e->id, id, n);
+
     pthread_mutex_lock(&h->pend_lock);
-    struct hp_pend **slot = hp_pend_slot(h, id);
-    if (*slot != NULL)
-        goto out;
-    if (h->pend_count >= h->pending_max)
-        hp_pend_unlink(h, hp_pend_slot(h, h->pend_oldest->id));
-    slot = hp_pend_slot(h, id);
-    struct hp_pend *e = calloc(1, sizeof *e);
-    if (e == NULL || (e->id = strdup(id)) == NULL) {
-        free(e);   /* only costs a 404 instead of "accepted" for this id */
-        goto out;
+    struct hp_pend **slot = hp_pend_slot(h, id, e->hash);
+    if (*slot != NULL) {
+        pthread_mutex_unlock(&h->pend_lock);
+        free(e);
+        return;
+    }
+    if (h->pend_count >= h->pending_max) {
+        hp_pend_unlink(h, hp_pend_slot(h, h->pend_oldest->id, h->pend_oldest->hash));
+        slot = hp_pend_slot(h, id, e->hash);
     }
     *slot = e;
     e->prev = h->pend_newest;
     if (h->pend_newest) h->pend_newest->next = e; else h->pend_oldest = e;
     h->pend_newest = e;
     h->pend_count++;
-out:
     pthread_mutex_unlock(&h->pend_lock);
 }
 
@@ -472,8 +480,10 @@ static bool hp_pend_check(struct hp *h, const char *id, bool remove)
 {
     bool found;
 
+    uint64_t hash = hp_strhash(id);
+
     pthread_mutex_lock(&h->pend_lock);
-    struct hp_pend **slot = hp_pend_slot(h, id);
+    struct hp_pend **slot = hp_pend_slot(h, id, hash);
     found = *slot != NULL;
     if (found && remove)
         hp_pend_unlink(h, slot);
@@ -2084,7 +2094,6 @@ static void hp_destroy(void *state)
     struct hp_pend *e = h->pend_oldest, *next;
     for (; e != NULL; e = next) {
         next = e->next;
-        free(e->id);
         free(e);
     }
     free(h->pend_buckets);
