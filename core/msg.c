@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "msg.h"
+#include "../plugins/common/jsondec.h"
 #include "../plugins/common/jsonenc.h"
 #include "util.h"
 
@@ -97,15 +98,33 @@ static void msg_text_drop(orderd_msg *m)
     m->body_text = NULL;
 }
 
+/* The body as a tree.  A body set as text (msg_set_body_text) has none
+ * until a stage asks; the text was checked then, so decoding it now can
+ * fail only for want of memory, and a message must not go on without its
+ * body. */
+static json_t *msg_tree(orderd_msg *m)
+{
+    if (m->body == NULL) {
+        m->body = jdec_loadb(m->body_text, m->body_text_len, NULL);
+        if (m->body == NULL) {
+            fprintf(stderr, "orderd: out of memory decoding the body of message %s\n", m->id);
+            abort();
+        }
+    }
+    return m->body;
+}
+
 static json_t *msg_body(orderd_msg *m)
 {
+    json_t *body = msg_tree(m);
+
     msg_text_drop(m);   /* the caller may change the tree */
-    return m->body;
+    return body;
 }
 
 static const json_t *msg_body_peek(const orderd_msg *m)
 {
-    return m->body;
+    return msg_tree((orderd_msg *)m);
 }
 
 static void msg_set_body(orderd_msg *m, json_t *body)
@@ -113,6 +132,35 @@ static void msg_set_body(orderd_msg *m, json_t *body)
     msg_text_drop(m);
     json_decref(m->body);
     m->body = body ? body : json_null();
+}
+
+/* ABI 1.4: the body from JSON text, kept as given; the tree waits until a
+ * stage asks for it.  A text our reader does not take on its own (numbers
+ * jansson must judge) is decoded at once, as msg_set_body would get it. */
+static int msg_set_body_text(orderd_msg *m, const char *text, size_t len)
+{
+    char *copy;
+
+    if (text == NULL)
+        return -EINVAL;
+    if (jdec_check(text, len) != 0) {
+        json_t *body = jdec_loadb(text, len, NULL);
+
+        if (body == NULL)
+            return -EINVAL;
+        msg_set_body(m, body);
+        return 0;
+    }
+    if ((copy = malloc(len + 1)) == NULL)
+        return -ENOMEM;
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    msg_text_drop(m);
+    json_decref(m->body);
+    m->body = NULL;
+    m->body_text = copy;
+    m->body_text_len = len;
+    return 0;
 }
 
 static const char *msg_body_text(orderd_msg *m, size_t *len)
@@ -281,7 +329,7 @@ json_t *od_msg_to_json(const orderd_msg *m)
     for (size_t i = 0; i < m->nprops; i++)
         json_object_set_new(props, m->props[i].key, json_string(m->props[i].value));
     json_object_set_new(j, "id", json_string(m->id));
-    json_object_set(j, "body", m->body);
+    json_object_set(j, "body", msg_tree((orderd_msg *)m));
     json_object_set_new(j, "properties", props);
     if (m->content_type)
         json_object_set_new(j, "content_type", json_string(m->content_type));
@@ -428,4 +476,5 @@ const orderd_host od_msg_host_part = {
     .reject = host_reject,
     .msg_body_text = msg_body_text,
     .msg_body_peek = msg_body_peek,
+    .msg_set_body_text = msg_set_body_text,
 };

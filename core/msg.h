@@ -15,7 +15,7 @@ struct od_prop {
 
 struct orderd_msg {
     char            *id;
-    json_t          *body;
+    json_t          *body;           /* NULL: only body_text, decoded when asked */
     char            *body_text;      /* msg_body_text(): body encoded, or NULL */
     size_t           body_text_len;
     struct od_prop  *props;

@@ -154,6 +154,84 @@ START_TEST(body_text_cached_until_the_body_may_change)
 }
 END_TEST
 
+/* msg_set_body_text (ABI 1.4): the text is kept as given and no tree is
+ * made until a stage asks for one; msg_body_peek then decodes it and keeps
+ * the text, msg_body hands the tree out and drops it.  Text that is not JSON
+ * is refused and leaves the body alone. */
+START_TEST(body_set_as_text_decoded_only_when_asked)
+{
+    const orderd_host *h = od_host_table();
+    static const char text[] = "{ \"id\": \"o-1\", \"items\": [ {\"qty\": 2, \"price\": 2.5} ],"
+                               " \"note\": \"caf\\u00e9\" }";
+    orderd_msg *m = od_msg_new(json_pack("{s:i}", "old", 1));
+    json_t *want = json_loads(text, 0, NULL);
+    static const char big[] = "{\"n\": 12345678901234567890}";
+    char *rec, *enc, longreal[74];
+    size_t len = 0;
+
+    ck_assert(ORDERD_HOST_HAS(h, msg_set_body_text));
+    ck_assert_int_eq(h->msg_set_body_text(m, text, sizeof(text) - 1), 0);
+    ck_assert_ptr_null(m->body);                       /* no tree yet */
+    ck_assert_str_eq(h->msg_body_text(m, &len), text); /* as given, not re-encoded */
+    ck_assert_uint_eq(len, sizeof(text) - 1);
+
+    /* the spool record carries the text; reading it back gives the same body */
+    rec = od_msg_record(m, &len);
+    ck_assert_ptr_nonnull(rec);
+    ck_assert_ptr_nonnull(strstr(rec, text));
+    ck_assert_ptr_null(m->body);
+    free(rec);
+
+    ck_assert(json_equal((json_t *)h->msg_body_peek(m), want));
+    ck_assert_str_eq(h->msg_body_text(m, NULL), text); /* peek keeps the text */
+    json_object_set_new(h->msg_body(m), "status", json_string("paid"));
+    enc = json_dumps(h->msg_body_peek(m), JSON_COMPACT | JSON_REAL_PRECISION(15));
+    ck_assert_str_eq(h->msg_body_text(m, NULL), enc); /* made again from the tree */
+    free(enc);
+
+    /* not JSON: refused, the body stays */
+    ck_assert_int_eq(h->msg_set_body_text(m, "{\"a\":", 5), -EINVAL);
+    ck_assert_int_eq(h->msg_set_body_text(m, "[1] 2", 5), -EINVAL);
+    ck_assert_int_eq(h->msg_set_body_text(m, "\"\xff\"", 3), -EINVAL);
+    ck_assert_ptr_nonnull(json_object_get(h->msg_body_peek(m), "status"));
+
+    /* not NUL-terminated, any value at the top */
+    ck_assert_int_eq(h->msg_set_body_text(m, "[1,2]xyz", 5), 0);
+    ck_assert_str_eq(h->msg_body_text(m, NULL), "[1,2]");
+    ck_assert_int_eq(h->msg_set_body_text(m, "\"s\"", 3), 0);
+    ck_assert_str_eq(json_string_value(h->msg_body_peek(m)), "s");
+
+    /* numbers jansson refuses are refused */
+    ck_assert_int_eq(h->msg_set_body_text(m, "[1e400]", 7), -EINVAL);
+    ck_assert_int_eq(h->msg_set_body_text(m, big, strlen(big)), -EINVAL);
+    /* one our reader leaves to jansson (a 70-digit real) is decoded at
+     * once, and its text is then jansson's */
+    memset(longreal, '0', sizeof(longreal));
+    longreal[0] = '[';
+    longreal[2] = '.';
+    longreal[sizeof(longreal) - 3] = '5';
+    longreal[sizeof(longreal) - 2] = ']';
+    longreal[sizeof(longreal) - 1] = '\0';
+    ck_assert_int_eq(h->msg_set_body_text(m, longreal, strlen(longreal)), 0);
+    ck_assert_ptr_nonnull(m->body);
+    ck_assert_ptr_null(m->body_text);
+    ck_assert(json_is_real(json_array_get(h->msg_body_peek(m), 0)));
+
+    /* the dead-letter form decodes it too; freeing a message with only text */
+    ck_assert_int_eq(h->msg_set_body_text(m, "{\"k\":[true,null]}", 17), 0);
+    {
+        json_t *j = od_msg_to_json(m);
+
+        ck_assert_str_eq(json_string_value(json_object_get(j, "id")), h->msg_id(m));
+        ck_assert(json_is_array(json_object_get(json_object_get(j, "body"), "k")));
+        json_decref(j);
+    }
+    ck_assert_int_eq(h->msg_set_body_text(m, "{\"only\":\"text\"}", 15), 0);
+    od_msg_free(m);
+    json_decref(want);
+}
+END_TEST
+
 /* od_msg_record() (a spool record, written directly) is byte for byte the
  * envelope od_msg_to_json() builds, with and without the body's cached
  * text, and still when a property is not UTF-8 (jansson leaves it out). */
@@ -553,6 +631,7 @@ int main(void)
     tcase_add_test(tc, async_outcome_at_stop);
     tcase_add_test(tc, async_outcome_at_stop_with_spool);
     tcase_add_test(tc, body_text_cached_until_the_body_may_change);
+    tcase_add_test(tc, body_set_as_text_decoded_only_when_asked);
     tcase_add_test(tc, spool_record_matches_the_envelope);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);

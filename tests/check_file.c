@@ -522,6 +522,27 @@ START_TEST(publish_body_lines)
 }
 END_TEST
 
+/* A body set as text (ABI 1.4, as the sqlite feed does) is written as it
+ * was given, byte for byte, without a tree being made for it. */
+START_TEST(publish_body_text_as_given)
+{
+    const orderd_host *h = th_host();
+    char *path = tpath("out.ndjson");
+    struct th_stage *s = publish(path, NULL);
+    orderd_msg *a = th_msg("null");
+    static const char text[] = "{\"n\":1.50,\"s\":\"\\u00e9\"}";
+
+    ck_assert_int_eq(h->msg_set_body_text(a, text, strlen(text)), 0);
+    ck_assert_int_eq(th_process(s, a), ORDERD_OK);
+    th_stage_free(s);
+    char *got = slurp(path);
+    ck_assert_str_eq(got, "{\"n\":1.50,\"s\":\"\\u00e9\"}\n");   /* jansson would say 1.5, "\xc3\xa9" */
+    free(got);
+    th_msg_free(a);
+    free(path);
+}
+END_TEST
+
 START_TEST(publish_envelope_lines)
 {
     const orderd_host *h = th_host();
@@ -657,6 +678,7 @@ file_suite(void)
     tcase_add_test(in, input_retries_refused_submits);
     tcase_add_test(in, input_bad_config_is_refused);
     tcase_add_test(out, publish_body_lines);
+    tcase_add_test(out, publish_body_text_as_given);
     tcase_add_test(out, publish_envelope_lines);
     tcase_add_test(out, publish_batch);
     tcase_add_test(out, publish_write_error_is_retry);

@@ -404,6 +404,12 @@ jdec_same_flags(const char *text, size_t n, size_t flags)
 static void
 jdec_same(const char *text, size_t n)
 {
+    json_t *any = json_loadb(text, n, JSON_DECODE_ANY, NULL);
+
+    /* jdec_check() never passes what jansson refuses */
+    if (any == NULL)
+        ck_assert_msg(jdec_check(text, n) == -1, "jdec_check passes %.*s", (int) n, text);
+    json_decref(any);
     jdec_same_flags(text, n, JSON_DECODE_ANY);
     jdec_same_flags(text, n, JSON_REJECT_DUPLICATES);
     jdec_same_flags(text, n, 0);
@@ -427,6 +433,11 @@ START_TEST(test_jsondec_matches_jansson)
         "{\"id\":\"evt-1\",\"type\":\"OrderCreated\",\"orderId\":\"o-1\",\"version\":1,"
         "\"data\":{\"items\":[{\"sku\":\"S-1\",\"qty\":2,\"price\":19.99}],\"note\":\"caf\xc3\xa9\"},"
         "\"snapshot\":{\"id\":\"o-1\",\"status\":\"created\",\"totals\":{\"subtotal\":39.98}}}";
+    static const char *const good[] = {
+        "1", "-0", "0.5", "1E2", "-0.0e-0", "9223372036854775807", "-9223372036854775808",
+        "\"\\ud83d\\ude00\"", "\"\xe2\x82\xac\"", " [ ] ", "[[[[[]]]]]", "{\"a\":1,\"a\":2}",
+        "{\"a\" : 1 , \"b\":[true,false,null]}", "{\"k\\n\":\"v\\\"\"}",
+    };
     static const char alphabet[] = "{}[]\",:\\u0123456789.eE+-tfn a\x01\xff\xc3";
     uint64_t x = 0x2545f4914f6cdd1dULL;
     char     m[sizeof(event)], *deep;
@@ -435,6 +446,12 @@ START_TEST(test_jsondec_matches_jansson)
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         jdec_same(cases[i], strlen(cases[i]));
     jdec_same(event, n);
+    /* ... and passes what the store writes, without building anything */
+    ck_assert_int_eq(jdec_check(event, n), 0);
+    for (i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        ck_assert_msg(jdec_check(good[i], strlen(good[i])) == 0, "jdec_check refuses %s", good[i]);
+    ck_assert_int_eq(jdec_check(event, n - 1), -1);
+    ck_assert_int_eq(jdec_check("", 0), -1);
 
     /* deeper than jansson's 2048 levels: both refuse */
     deep = malloc(6001);

@@ -23,6 +23,7 @@ struct jdec {
     size_t      tcap;
     int         depth;
     int         reject_dups;   /* JSON_REJECT_DUPLICATES: a repeated key sends us to json_loadb */
+    int         check;         /* jdec_check(): read only, build nothing (values are json_null()) */
 };
 
 static json_t *jdec_value(struct jdec *d);
@@ -260,6 +261,8 @@ jdec_number(struct jdec *d)
                 return NULL;   /* too big: jansson says so */
             u = u * 10 + dgt;
         }
+        if (d->check)
+            return json_null();
         return json_integer(neg ? (json_int_t) (0 - u) : (json_int_t) u);
     } else {
         char buf[64], *endp;
@@ -275,14 +278,14 @@ jdec_number(struct jdec *d)
         /* a locale with a decimal comma stops early: leave it to jansson */
         if (endp != buf + len || ((v == HUGE_VAL || v == -HUGE_VAL) && errno == ERANGE))
             return NULL;
-        return json_real(v);
+        return d->check ? json_null() : json_real(v);
     }
 }
 
 static json_t *
 jdec_object(struct jdec *d)
 {
-    json_t *o = json_object(), *v;
+    json_t *o = d->check ? json_null() : json_object(), *v;
     const char *key;
     size_t klen;
 
@@ -299,6 +302,15 @@ jdec_object(struct jdec *d)
         d->p++;
         if (jdec_string(d, &key, &klen) != 0)
             goto fail;
+        if (d->check) {
+            jdec_ws(d);
+            if (d->p >= d->end || *d->p != ':')
+                goto fail;
+            d->p++;
+            if (jdec_value(d) == NULL)
+                goto fail;
+            goto next;
+        }
 #if JANSSON_VERSION_HEX < 0x020e00
         /* set_new_nocheck wants a NUL-terminated key */
         if (key != d->tmp) {
@@ -348,6 +360,7 @@ jdec_object(struct jdec *d)
             if (kcopy != small)
                 free(kcopy);
         }
+next:
         jdec_ws(d);
         if (d->p < d->end && *d->p == ',') {
             d->p++;
@@ -369,7 +382,7 @@ fail:
 static json_t *
 jdec_array(struct jdec *d)
 {
-    json_t *a = json_array(), *v;
+    json_t *a = d->check ? json_null() : json_array(), *v;
 
     if (a == NULL)
         return NULL;
@@ -380,7 +393,7 @@ jdec_array(struct jdec *d)
     }
     for (;;) {
         v = jdec_value(d);
-        if (v == NULL || json_array_append_new(a, v) != 0)
+        if (v == NULL || (!d->check && json_array_append_new(a, v) != 0))
             goto fail;
         jdec_ws(d);
         if (d->p < d->end && *d->p == ',') {
@@ -430,7 +443,7 @@ jdec_value(struct jdec *d)
     case '"':
         d->p++;
         if (jdec_string(d, &s, &len) == 0)
-            v = json_stringn_nocheck(s, len);
+            v = d->check ? json_null() : json_stringn_nocheck(s, len);
         break;
     case 't':
         v = jdec_word(d, "true", 4) == 0 ? json_true() : NULL;
@@ -473,4 +486,16 @@ json_t *
 jdec_loadb(const char *s, size_t n, json_error_t *err)
 {
     return jdec_loadb_flags(s, n, JSON_DECODE_ANY, err);
+}
+
+int
+jdec_check(const char *s, size_t n)
+{
+    struct jdec d = { .p = s, .end = s + n, .check = 1 };
+    json_t *v = jdec_value(&d);
+
+    if (v != NULL)
+        jdec_ws(&d);
+    free(d.tmp);
+    return v != NULL && d.p == d.end ? 0 : -1;
 }

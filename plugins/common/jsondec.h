@@ -30,4 +30,12 @@ json_t *jdec_loadb(const char *s, size_t n, json_error_t *err);
  * JSON_ALLOW_NUL) are not supported: pass them to json_loadb() directly. */
 json_t *jdec_loadb_flags(const char *s, size_t n, size_t flags, json_error_t *err);
 
+/* JDEC_CHECK - is s (n bytes) a JSON value that jdec_loadb() reads on its
+ * own, without handing it to json_loadb()?  Reads it the same way but builds
+ * nothing, so it costs a scan, not a tree.  Such a text is one jansson
+ * accepts too; -1 can also mean only "jansson must decide" (a number too
+ * large for json_int_t, say).  Duplicate keys are not looked for.
+ * RETURNS: 0 or -1. */
+int jdec_check(const char *s, size_t n);
+
 #endif

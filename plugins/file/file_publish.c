@@ -82,10 +82,23 @@ fp_envelope(const orderd_host *h, orderd_msg *m)
 static int
 fp_encode(const struct fp *fp, orderd_msg *m, struct jenc_buf *b)
 {
-    json_t *j = fp->envelope ? fp_envelope(fp->h, m) : json_incref(fp->h->msg_body(m));
+    json_t *j;
     size_t before = b->len;
     int rc;
 
+    if (!fp->envelope && ORDERD_HOST_HAS(fp->h, msg_body_text)) {
+        /* the text the store (or another stage) already made, or was given */
+        size_t len;
+        const char *txt = fp->h->msg_body_text(m, &len);
+
+        if (txt != NULL) {
+            if ((rc = jenc_put(b, txt, len)) == 0 && (rc = jenc_put(b, "\n", 1)) != 0)
+                b->len = before;
+            return rc;
+        }
+        /* no text: the encoder below says why */
+    }
+    j = fp->envelope ? fp_envelope(fp->h, m) : json_incref(fp->h->msg_body(m));
     if (j == NULL && !fp->envelope)
         j = json_null();
     if (j == NULL)

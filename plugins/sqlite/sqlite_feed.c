@@ -262,15 +262,31 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
     uint64_t           ticket;
     int                ret, bad = 0;
 
-    body = jdec_loadb(r->raw, strlen(r->raw), &jerr);
-    if (body == NULL) {
-        /* cannot happen through the store; a hand-edited row goes to the dead letters */
-        bad = 1;
-        body = json_string(r->raw);
+    if (ORDERD_HOST_HAS(h, msg_set_body_text)) {
+        /* the stored text goes on as it is: a publisher that writes it out
+         * (file, webhook) never needs a tree */
+        m = h->msg_new(f->inst, NULL);
+        if (m == NULL)
+            return -ENOMEM;
+        ret = h->msg_set_body_text(m, r->raw, strlen(r->raw));
+        if (ret == -EINVAL) {
+            bad = 1;
+            h->msg_set_body(m, json_string(r->raw));
+        } else if (ret < 0) {
+            h->msg_free(m);
+            return ret;
+        }
+    } else {
+        body = jdec_loadb(r->raw, strlen(r->raw), &jerr);
+        if (body == NULL) {
+            /* cannot happen through the store; a hand-edited row goes to the dead letters */
+            bad = 1;
+            body = json_string(r->raw);
+        }
+        m = h->msg_new(f->inst, body);
+        if (m == NULL)
+            return -ENOMEM;
     }
-    m = h->msg_new(f->inst, body);
-    if (m == NULL)
-        return -ENOMEM;
     if (h->msg_set_id(m, r->id) < 0
         || h->msg_set_prop(m, "order_id", r->stream) < 0
         || (r->type && h->msg_set_prop(m, "type", r->type) < 0)

@@ -25,6 +25,10 @@
  *   1.2  ORDERD_SUBMIT_DEFER and host->submit_flush(): an event loop's
  *        submits of one turn are written by the loop's own thread, in one
  *        group commit, instead of being handed to the spool's writer thread.
+ *   1.3  host->msg_body_text() and msg_body_peek(): the body's JSON text is
+ *        made once per message and shared by the stages that need it.
+ *   1.4  host->msg_set_body_text(): an input that holds JSON text hands it
+ *        over as text; no tree is built unless a stage asks for one.
  *
  * Ownership, in one rule: the host owns every orderd_msg; a plugin borrows
  * it for the duration of a callback (or, for PENDING, until it calls
@@ -44,7 +48,7 @@ extern "C" {
 #endif
 
 #define ORDERD_ABI_MAJOR 1u
-#define ORDERD_ABI_MINOR 3u
+#define ORDERD_ABI_MINOR 4u
 
 /* Name of the one symbol a plugin exports. */
 #define ORDERD_PLUGIN_SYMBOL "orderd_plugin_v1"
@@ -315,7 +319,7 @@ typedef struct orderd_host {
 
     /* MSG_BODY_TEXT - the body as compact JSON text: members in the tree's
      * order, the bytes json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15))
-     * gives.  Made once and
+     * gives (or, after msg_set_body_text(), the text as set).  Made once and
      * kept with the message, so the stages that each need the encoded body
      * (a store, a publisher) share one encoding.  msg_set_body() drops it,
      * and so does msg_body(), which hands the tree out for changing: read
@@ -328,7 +332,21 @@ typedef struct orderd_host {
     /* MSG_BODY_PEEK - the body, for reading only; keeps msg_body_text's text. */
     const json_t *(*msg_body_peek)(const orderd_msg *m);
 
-    /* ABI 1.4+ members go below this line only. */
+    /* ---- ABI 1.4 (test with ORDERD_HOST_HAS(host, msg_set_body_text)) ---- */
+
+    /* MSG_SET_BODY_TEXT - set the body from len bytes of JSON text (any
+     * value at the top; UTF-8; no NUL needed at the end).  The text is
+     * checked and copied, and msg_body_text() then returns it as given; the
+     * tree is decoded only if a stage asks for it (msg_body, msg_body_peek),
+     * so an input whose messages go on as text (a store's feed into a
+     * publisher) never builds one.  Duplicate keys are kept in the text,
+     * while the tree keeps the last.  Running out of memory while decoding
+     * such a tree later ends the daemon (a message never goes on without
+     * its body).
+     * RETURNS: 0, -EINVAL (not JSON: the body is unchanged), or -ENOMEM. */
+    int (*msg_set_body_text)(orderd_msg *m, const char *text, size_t len);
+
+    /* ABI 1.5+ members go below this line only. */
 } orderd_host;
 
 /* Does the running host provide this orderd_host member?  For members added
