@@ -471,7 +471,7 @@ END_TEST
 
 START_TEST(test_bad_requests)
 {
-    struct th_stage *s = start_stage("max_body = 64;");
+    struct th_stage *s = start_stage("max_body = 64; max_header = 1024;");
     int port = port_of(s);
     struct resp r;
     char v[128];
@@ -516,6 +516,33 @@ START_TEST(test_bad_requests)
                      "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                      "%x\r\n{%s}\r\n0\r\n\r\n", 202, pad);
     ck_assert_int_eq(raw_request(port, chunked, (size_t)n, &r), 413);
+    resp_free(&r);
+
+    /* Headers over max_header (1 KiB here): 431 with a problem body, and
+     * just under it accepted (the count is request line plus headers). */
+    char hdr[2048];
+    memset(hdr, 0, sizeof hdr);
+    memcpy(hdr, "X-Pad: ", 7);
+    memset(hdr + 7, 'a', 1100);
+    memcpy(hdr + 1107, "\r\n", 2);
+    char pad850[900];
+    snprintf(pad850, sizeof pad850, "X-Pad: %.850s\r\n", hdr + 7);
+    ck_assert_int_eq(request(port, "POST", "/orders", hdr, "{}", &r), 431);
+    ck_assert_str_eq(resp_header(&r, "Content-Type", v, sizeof v), "application/problem+json");
+    ck_assert_int_eq(json_integer_value(json_object_get(r.json, "status")), 431);
+    ck_assert_ptr_nonnull(strstr(jstr(r.json, "detail"), "larger than 1024 bytes"));
+    resp_free(&r);
+    ck_assert_int_eq(request(port, "GET", "/orders/x?pad=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                             pad850, NULL, &r), 431);   /* the query counts too */
+    resp_free(&r);
+    ck_assert_int_eq(request(port, "GET", "/orders/x", pad850, NULL, &r), 404);
+    resp_free(&r);
+    hdr[7 + 700] = '\r';
+    hdr[7 + 701] = '\n';
+    hdr[7 + 702] = '\0';
+    ck_assert_int_eq(request(port, "POST", "/orders", hdr, "[]", &r), 400);   /* read, then refused */
     resp_free(&r);
 
     /* Wrong method, with Allow; OPTIONS lists the methods. */

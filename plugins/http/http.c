@@ -226,7 +226,7 @@ static const orderd_option hp_options[] = {
     { .key = "max_connections", .type = ORDERD_T_INT, .def = "1024",
       .help = "Maximum number of concurrent client connections, all event loops together (further connections are accepted and closed at once)" },
     { .key = "max_header", .type = ORDERD_T_SIZE, .def = "8KiB",
-      .help = "Largest request line plus headers accepted; larger requests get 431 (MHD enforces it through each connection's memory, max_header plus 4KiB of working space, so a request slightly over it may still pass)" },
+      .help = "Largest request line plus headers accepted; larger requests get 431 with a problem body (a request over 1.5 times this exhausts the connection's memory first and gets libmicrohttpd's own 431, whose body is HTML)" },
     { .key = "max_body", .type = ORDERD_T_SIZE, .def = "1MiB",
       .help = "Largest request body accepted; larger bodies get 413 Payload Too Large" },
     { .key = "request_timeout", .type = ORDERD_T_DURATION, .def = "30s",
@@ -1282,14 +1282,44 @@ static const char *hp_route(struct hp_req *r, const char *url)
     return "POST, OPTIONS";
 }
 
+static enum MHD_Result hp_count_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      size_t key_size, const char *value, size_t value_size)
+{
+    size_t *n = cls;
+
+    (void)kind;
+    (void)key;
+    (void)value;
+    *n += key_size + value_size + 4;   /* "key: value\r\n", or "key=value&" in the query */
+    return MHD_YES;
+}
+
+/* The request line and headers as they came, give or take a byte per field. */
+static size_t hp_header_bytes(struct MHD_Connection *c, const char *url, const char *method,
+                              const char *version)
+{
+    size_t n = strlen(method) + strlen(url) + strlen(version) + 4;
+
+    MHD_get_connection_values_n(c, MHD_HEADER_KIND | MHD_GET_ARGUMENT_KIND, hp_count_field, &n);
+    return n;
+}
+
 /* The first call for a request: headers are in, the body is not.  Answers
  * whatever can be answered without the body, so oversized or unwanted
  * bodies are never read. */
 static hp_ret hp_begin(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
-                       const char *url, const char *method)
+                       const char *url, const char *method, const char *version)
 {
     const char *allow;
 
+    if (hp_header_bytes(c, url, method, version) > h->max_header) {
+        char detail[96];
+
+        r->answered = true;
+        snprintf(detail, sizeof detail, "the request line and headers are larger than %zu bytes",
+                 h->max_header);
+        return hp_problem(h, c, 431, NULL, "Request Header Fields Too Large", detail, NULL);
+    }
     if (strcmp(url, "/healthz") == 0) {
         if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
             return (r->answered = true, hp_not_allowed(h, c, method, "GET, HEAD"));
@@ -1350,7 +1380,7 @@ static hp_ret hp_handler(void *cls, struct MHD_Connection *c, const char *url,
         if (r == NULL)
             return MHD_NO;
         *con_cls = r;
-        return hp_begin(h, c, r, url, method);
+        return hp_begin(h, c, r, url, method, version);
     }
     if (*upload_size > 0) {
         size_t n = *upload_size;
@@ -1960,11 +1990,14 @@ static int hp_start(void *state)
     }
     /* The per-connection pool holds the request line and headers, a read
      * buffer for the body (which the handler copies out as it comes) and
-     * the response headers, hence a little headroom over max_header.  No
-     * more than that: MHD 0.9.x zeroes the whole pool for every request on
-     * a kept-alive connection. */
+     * the response headers.  hp_begin() refuses headers over max_header
+     * with a problem body; the pool has room for half as much again, so
+     * only a request far over the limit meets MHD's own 431 (plain HTML)
+     * when its pool runs out.  No more than that: MHD 0.9.x zeroes the
+     * whole pool for every request on a kept-alive connection. */
     opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                         (intptr_t)(h->max_header + HP_POOL_HEADROOM), NULL };
+                                         (intptr_t)(h->max_header + h->max_header / 2 +
+                                                    HP_POOL_HEADROOM), NULL };
     opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_CONNECTION_TIMEOUT, h->timeout_s, NULL };
     int port = hp_bound_port(h->listen_fd);
     if (h->async) {
