@@ -22,6 +22,7 @@ struct sq_open_opts {
     int64_t     checkpoint_bytes;     /* WAL size that triggers a checkpoint; 0: SQLite's
                                          default; < 0: never (another connection does) */
     int         readonly;             /* lookups: no schema work, no writes */
+    int64_t     cache_bytes;          /* page cache; 0: SQLite's default */
 };
 
 /* SQ_OPEN - open path, switch it to WAL, set the pragmas and, unless

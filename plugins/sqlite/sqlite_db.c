@@ -281,6 +281,14 @@ sq_open(orderd_inst *inst, const orderd_host *h, const struct sq_open_opts *o,
         if (rc != SQLITE_OK)
             goto sqlfail;
     }
+    if (o->cache_bytes > 0) {
+        /* negative: a size in KiB, not a number of pages */
+        snprintf(sql, sizeof(sql), "PRAGMA cache_size=-%lld",
+                 (long long) ((o->cache_bytes + 1023) / 1024));
+        rc = sq_exec(db, sql);
+        if (rc != SQLITE_OK)
+            goto sqlfail;
+    }
     ret = sq_schema(inst, h, db, o->path);
     if (ret < 0)
         goto fail;

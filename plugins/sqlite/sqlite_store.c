@@ -80,6 +80,8 @@ static const orderd_option sqs_options[] = {
       .help = "size the write-ahead log is truncated to after a checkpoint" },
     { .key = "checkpoint_size", .type = ORDERD_T_SIZE, .def = "32MiB",
       .help = "the write-ahead log grows to about this before a commit copies it into the database (a checkpoint); orders' random keys dirty pages all over the indexes, and a page changed by many commits between checkpoints is copied once, so a larger log means less writing (SQLite's own default is 4MB)" },
+    { .key = "cache_size", .type = ORDERD_T_SIZE, .def = "16MiB",
+      .help = "page cache of the connection that writes (grown as used): the events' and snapshots' indexes take random keys, and pages read again from the file cost a system call each (SQLite's own default is 2MB)" },
     { .key = "lookup_connections", .type = ORDERD_T_INT, .def = "4",
       .help = "read-only connections serving concurrent lookups (1-64)" },
     { .key = NULL }
@@ -512,6 +514,12 @@ sqs_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result 
     rc = sq_exec(s->wdb, "COMMIT");
     if (rc != SQLITE_OK)
         goto abort;
+    {
+        int used = 0, peak = 0;
+
+        if (sqlite3_db_status(s->wdb, SQLITE_DBSTATUS_CACHE_USED, &used, &peak, 0) == SQLITE_OK)
+            h->metric_set(s->inst, "sqlite_cache_bytes", used);
+    }
     pthread_mutex_unlock(&s->wlock);
 
     if (cnt.inserted > 0)
@@ -576,6 +584,7 @@ sqs_create(orderd_inst *inst, const orderd_host *h, const json_t *conf, void **s
     s->oo.journal_size_limit = json_is_integer(json_object_get(conf, "journal_size_limit"))
         ? json_integer_value(json_object_get(conf, "journal_size_limit")) : -1;
     s->oo.checkpoint_bytes = json_integer_value(json_object_get(conf, "checkpoint_size"));
+    s->oo.cache_bytes = json_integer_value(json_object_get(conf, "cache_size"));
 
     ret = sq_open(inst, h, &s->oo, &s->wdb);
     if (ret < 0)
