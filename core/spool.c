@@ -225,7 +225,21 @@ struct od_spool {
     bool               roll_next;
     bool               shutdown;
     int                broken;      /* sticky -EIO after a failed fdatasync */
+
+    /* Read-ahead (spool_read_rec): the bytes of records already indexed that
+     * follow the one asked for, so the reader makes one pread per window
+     * rather than one per record.  Records never change once indexed; a
+     * window never reaches past the last indexed record, so it cannot hold
+     * a record that was still being written. */
+    pthread_mutex_t    ra_mu;
+    uint64_t           ra_seg;      /* segment (its first seq), or 0: empty */
+    uint64_t           ra_off;      /* file offset of ra_buf[0] */
+    size_t             ra_len;
+    unsigned char     *ra_buf;      /* SPOOL_RA_BYTES, allocated on first use */
 };
+
+/* Read-ahead window: about a hundred typical order records. */
+#define SPOOL_RA_BYTES    (64u * 1024u)
 
 /* ---- CRC32C (Castagnoli), slicing by 8 ---- */
 
@@ -1029,7 +1043,49 @@ out:
 /* ---- reading ---- */
 
 /* Read one record and check it again: disks and filesystems do rot. */
-static int spool_read_rec(struct spool_seg *g, uint64_t seq, struct spool_loc l, void **out)
+/* Copy record l of segment g out of the read-ahead window, refilling the
+ * window from l.off up to limit (the end of the segment's last indexed
+ * record) when it does not hold it.  RETURNS: true if h and buf were filled. */
+static bool spool_ra_read(struct od_spool *s, struct spool_seg *g, struct spool_loc l,
+                          uint64_t limit, unsigned char *h, char *buf)
+{
+    size_t want = SPOOL_HDR + l.len;
+    bool hit;
+
+    if (want > SPOOL_RA_BYTES || limit < l.off + want)
+        return false;
+    pthread_mutex_lock(&s->ra_mu);
+    hit = s->ra_seg == g->first && l.off >= s->ra_off && l.off + want <= s->ra_off + s->ra_len;
+    if (!hit) {
+        size_t n = (size_t)(limit - l.off < SPOOL_RA_BYTES ? limit - l.off : SPOOL_RA_BYTES);
+        size_t got = 0;
+
+        s->ra_seg = 0;
+        if (s->ra_buf == NULL && (s->ra_buf = malloc(SPOOL_RA_BYTES)) == NULL)
+            goto out;
+        while (got < want) {
+            ssize_t r = pread(g->fd, s->ra_buf + got, n - got, (off_t)(l.off + got));
+
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                goto out;   /* the caller reads it alone and reports the error */
+            got += (size_t)r;
+        }
+        s->ra_seg = g->first;
+        s->ra_off = l.off;
+        s->ra_len = got;
+        hit = true;
+    }
+    memcpy(h, s->ra_buf + (l.off - s->ra_off), SPOOL_HDR);
+    memcpy(buf, s->ra_buf + (l.off - s->ra_off) + SPOOL_HDR, l.len);
+out:
+    pthread_mutex_unlock(&s->ra_mu);
+    return hit;
+}
+
+static int spool_read_rec(struct od_spool *s, struct spool_seg *g, uint64_t seq,
+                          struct spool_loc l, uint64_t limit, void **out)
 {
     unsigned char h[SPOOL_HDR];
     struct iovec iov[2];
@@ -1041,6 +1097,8 @@ static int spool_read_rec(struct spool_seg *g, uint64_t seq, struct spool_loc l,
 
     if (buf == NULL)
         return -ENOMEM;
+    if (spool_ra_read(s, g, l, limit, h, buf))
+        got = want;
     while (got < want) {
         ssize_t n;
         size_t skip = got;
@@ -1107,12 +1165,13 @@ int od_spool_next(struct od_spool *s, uint64_t *seq, void **data, size_t *len, i
         if (g != NULL) {
             uint64_t q = g->first + idx;
             struct spool_loc l = g->loc[idx];
+            struct spool_loc last = g->loc[g->n - 1];
             void *buf = NULL;
 
             g->state[idx] = REC_INFLIGHT;
             g->refs++;
             pthread_mutex_unlock(&s->mu);
-            rc = spool_read_rec(g, q, l, &buf);
+            rc = spool_read_rec(s, g, q, l, (uint64_t)last.off + SPOOL_HDR + last.len, &buf);
             pthread_mutex_lock(&s->mu);
             g->refs--;
             if (rc == 0) {
@@ -1632,6 +1691,7 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
     s->zeros = s->sync ? calloc(1, SPOOL_ZERO_PIECE) : NULL;
     s->zero_off = s->zeros == NULL;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->ra_mu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->ready_cv, &ca);
@@ -1731,5 +1791,7 @@ void od_spool_close(struct od_spool *s)
     pthread_cond_destroy(&s->keeper_cv);
     free(s->zeros);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->ra_mu);
+    free(s->ra_buf);
     free(s);
 }

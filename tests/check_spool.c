@@ -514,6 +514,76 @@ START_TEST(test_complete_many)
 }
 END_TEST
 
+/* Records are read through a read-ahead window: one pread for many records,
+ * never holding bytes past the last record indexed, so a record appended
+ * after a window was filled is still read intact.  Requeued records and
+ * records larger than the window read the same. */
+START_TEST(test_read_ahead)
+{
+    struct od_spool *s = sp_open(0, 1 << 20, 1);
+    uint64_t seq, first = 0, big_seq;
+    static unsigned char big[100000];
+    void *data;
+    size_t len;
+
+    /* one at a time: each window ends where the only new record ends */
+    for (uint32_t i = 0; i < 200; i++) {
+        seq = sp_append(s, 3, i);
+        ck_assert_uint_eq(sp_next(s, &seq), i);
+        od_spool_complete(s, seq);
+    }
+    /* two ahead: the window holds the next record, then the one after it
+     * is appended and must not come from the window */
+    sp_append(s, 4, 0);
+    sp_append(s, 4, 1);
+    for (uint32_t i = 0; i < 100; i++) {
+        ck_assert_uint_eq(sp_next(s, &seq), i);
+        od_spool_complete(s, seq);
+        sp_append(s, 4, i + 2);
+    }
+    ck_assert_uint_eq(sp_next(s, &seq), 100);
+    od_spool_complete(s, seq);
+    ck_assert_uint_eq(sp_next(s, &seq), 101);
+    od_spool_complete(s, seq);
+    sp_expect_empty(s);
+
+    /* a backlog of 600 (several windows), the first ten requeued and read again */
+    for (uint32_t i = 0; i < 600; i++) {
+        seq = sp_append(s, 5, i);
+        if (i == 0)
+            first = seq;
+    }
+    for (uint32_t i = 0; i < 600; i++) {
+        ck_assert_uint_eq(sp_next(s, &seq), i);
+        ck_assert_uint_eq(seq, first + i);
+        if (i >= 10)
+            od_spool_complete(s, seq);
+    }
+    for (uint32_t i = 0; i < 10; i++)
+        od_spool_requeue(s, first + i);
+    for (uint32_t i = 0; i < 10; i++) {
+        ck_assert_uint_eq(sp_next(s, &seq), i);
+        od_spool_complete(s, seq);
+    }
+
+    /* larger than the window */
+    for (size_t k = 0; k < sizeof(big); k++)
+        big[k] = (unsigned char)(k * 7u + 1u);
+    ck_assert_int_eq(od_spool_append(s, big, sizeof(big), &big_seq), 0);
+    sp_append(s, 6, 1);
+    ck_assert_int_eq(od_spool_next(s, &seq, &data, &len, 0), 0);
+    ck_assert_uint_eq(seq, big_seq);
+    ck_assert_uint_eq(len, sizeof(big));
+    ck_assert(memcmp(data, big, len) == 0);
+    free(data);
+    od_spool_complete(s, seq);
+    ck_assert_uint_eq(sp_next(s, &seq), 1);
+    od_spool_complete(s, seq);
+    sp_expect_empty(s);
+    od_spool_close(s);
+}
+END_TEST
+
 START_TEST(test_enospc)
 {
     /* Two records per segment, room for exactly ten. */
@@ -1278,6 +1348,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, test_restart);
     tcase_add_test(tc, test_segments);
     tcase_add_test(tc, test_complete_many);
+    tcase_add_test(tc, test_read_ahead);
     tcase_add_test(tc, test_enospc);
     tcase_add_test(tc, test_enospc_active);
     tcase_add_test(tc, test_torn_tail);
