@@ -225,6 +225,16 @@ START_TEST(test_shipped_schema)
     ck_assert_int_eq(run(s, "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":0,\"price\":1}]}",
                          NULL, why, sizeof(why)), ORDERD_REJECT);
     ck_assert_str_eq(why, "/items/0/qty: 0 is less than minimum 1");
+    {
+        /* the index of the 11th item has two digits */
+        char body[1024] = "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[";
+
+        for (int i = 0; i < 10; i++)
+            strcat(body, "{\"sku\":\"A\",\"qty\":1,\"price\":1},");
+        strcat(body, "{\"sku\":\"A\",\"qty\":-2,\"price\":1}]}");
+        ck_assert_int_eq(run(s, body, NULL, why, sizeof(why)), ORDERD_REJECT);
+        ck_assert_str_eq(why, "/items/10/qty: -2 is less than minimum 1");
+    }
 
     ck_assert_int_eq(run(s, "{\"customerId\":\"c\",\"currency\":\"euro\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
                          NULL, why, sizeof(why)), ORDERD_REJECT);
@@ -234,7 +244,7 @@ START_TEST(test_shipped_schema)
                          NULL, why, sizeof(why)), ORDERD_REJECT);
     ck_assert_str_eq(why, "/id: \"a b\" does not match pattern ^[A-Za-z0-9._:-]+$");
 
-    ck_assert_double_eq(th_metric(s, "invalid"), 5);
+    ck_assert_double_eq(th_metric(s, "invalid"), 6);
     th_stage_free(s);
 }
 END_TEST

@@ -127,12 +127,18 @@ static size_t js_push(struct js_path *p, const char *tok)
     return old;
 }
 
+/* Every array element is pushed while it is checked, error or not: the
+ * digits are written by hand, snprintf() was a tenth of the schema check. */
 static size_t js_push_index(struct js_path *p, size_t i)
 {
-    char num[24];
+    char num[24], *d = num + sizeof(num) - 1;
 
-    snprintf(num, sizeof(num), "%zu", i);
-    return js_push(p, num);
+    *d = '\0';
+    do {
+        *--d = (char)('0' + i % 10);
+        i /= 10;
+    } while (i > 0);
+    return js_push(p, d);
 }
 
 static void js_pop(struct js_path *p, size_t old)
