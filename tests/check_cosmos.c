@@ -405,6 +405,11 @@ START_TEST(test_lookup_events_and_token)
     ck_assert_str_eq(json_string_value(json_object_get(doc, "orderId")), "o9");
     json_decref(doc);
     ck_assert_int_eq(th_lookup(s, "event:evt-nope", &doc), -ENOENT);
+    /* the form the orders transform uses, with the order id in front */
+    ck_assert_int_eq(th_lookup(s, "event:o9/evt-9", &doc), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(doc, "id")), "evt-9");
+    json_decref(doc);
+    ck_assert_int_eq(th_lookup(s, "event:o9/evt-nope", &doc), -ENOENT);
     th_stage_free(s);
 
     /* Entra ID bearer token from a file */

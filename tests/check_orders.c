@@ -68,14 +68,16 @@ static const char *reason_of(struct th_stage *s, const char *cmd, const char *oi
 static void store_event(orderd_msg *m)
 {
     json_t *ev = th_host()->msg_body(m);
-    char key[64], *snap, *all;
+    char key[256], *snap, *all;
 
     snap = json_dumps(json_object_get(ev, "snapshot"), JSON_COMPACT);
     all = json_dumps(ev, JSON_COMPACT);
     ck_assert_ptr_nonnull(snap);
     ck_assert_ptr_nonnull(all);
     th_set_lookup(json_string_value(json_object_get(ev, "orderId")), snap);
-    snprintf(key, sizeof(key), "event:%s", th_host()->msg_id(m));
+    /* as the orders transform asks for it: "event:<order id>/<event id>" */
+    snprintf(key, sizeof(key), "event:%s/%s", json_string_value(json_object_get(ev, "orderId")),
+             th_host()->msg_id(m));
     th_set_lookup(key, all);
     free(snap);
     free(all);

@@ -166,7 +166,11 @@ START_TEST(test_store_appends_events)
     ck_assert_str_eq(db_text(db, "SELECT json_extract(body, '$.customerId') FROM snapshots"
                                  " WHERE id = 'ord-1001'", buf, sizeof(buf)), "c-42");
     ck_assert_str_eq(db_text(db, "PRAGMA journal_mode", buf, sizeof(buf)), "wal");
-    ck_assert_int_eq(db_int(db, "PRAGMA user_version"), 1);
+    ck_assert_int_eq(db_int(db, "PRAGMA user_version"), 2);
+    /* schema 2: the events have one index, by order, and none on the id alone */
+    ck_assert_str_eq(db_text(db, "SELECT group_concat(name) FROM sqlite_master"
+                                 " WHERE type = 'index' AND tbl_name = 'events'", buf, sizeof(buf)),
+                     "events_stream_id");
     sqlite3_close(db);
 
     th_msg_free(m[0]);
@@ -582,6 +586,13 @@ START_TEST(test_store_lookup)
     ck_assert_str_eq(json_string_value(json_object_get(doc, "customerId")), "c-42");
     json_decref(doc);
 
+    /* by order and event id (the index), as the orders transform asks */
+    ck_assert_int_eq(th_lookup(s, "event:ord-l/evt-l2", &doc), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(doc, "type")), "OrderPaid");
+    json_decref(doc);
+    ck_assert_int_eq(th_lookup(s, "event:ord-other/evt-l2", &doc), -ENOENT);
+    ck_assert_int_eq(th_lookup(s, "event:ord-l/evt-none", &doc), -ENOENT);
+    /* by event id alone (every order searched) */
     ck_assert_int_eq(th_lookup(s, "event:evt-l1", &doc), 0);
     ck_assert_str_eq(json_string_value(json_object_get(doc, "id")), "evt-l1");
     ck_assert_str_eq(json_string_value(json_object_get(doc, "type")), "OrderCreated");
@@ -776,6 +787,109 @@ START_TEST(test_store_cache_size)
 
     ck_assert_msg(big > 256 * 1024, "16MiB: %.0f bytes cached", big);
     ck_assert_msg(small < 128 * 1024, "64KiB: %.0f bytes cached", small);
+}
+END_TEST
+
+/* A schema-1 database (UNIQUE(id) and an index on (stream, version)) is
+ * upgraded when the store opens it: every event keeps its seq, body and
+ * place in the feed, the AUTOINCREMENT counter is carried over, a
+ * redelivered old event is still a duplicate, and lookups work. */
+START_TEST(test_store_migrates_schema_1)
+{
+    static const char v1[] =
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+        "  stream TEXT NOT NULL, version INTEGER, type TEXT, time TEXT, body TEXT NOT NULL);"
+        "CREATE INDEX events_stream ON events(stream, version);"
+        "CREATE TABLE snapshots (id TEXT PRIMARY KEY, version INTEGER NOT NULL, status TEXT,"
+        "  body TEXT NOT NULL, updated_ms INTEGER);"
+        "CREATE TABLE cursors (consumer TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_ms INTEGER);"
+        "PRAGMA user_version = 1;";
+    struct th_stage *s, *f;
+    orderd_msg      *m[2];
+    orderd_result    out[2];
+    sqlite3         *db;
+    json_t          *doc = NULL;
+    char             buf[512];
+
+    /* three events, seq 1, 2, 5, and a counter at 7 (rows 6 and 7 gone) */
+    ck_assert_int_eq(sqlite3_open(db_path("v1.db"), &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
+    for (int i = 0; i < 3; i++) {
+        orderd_msg *e = event_msg("ord-m", i == 0 ? "evt-m1" : i == 1 ? "evt-m2" : "evt-m3",
+                                  i == 0 ? "OrderCreated" : i == 1 ? "OrderPaid" : "OrderShipped",
+                                  i + 1, "x");
+        char *body = json_dumps(th_host()->msg_body(e), JSON_COMPACT);
+        sqlite3_stmt *st;
+
+        ck_assert_int_eq(sqlite3_prepare_v2(db, "INSERT INTO events(seq, id, stream, version,"
+                                                " type, time, body) VALUES(?1, ?2, 'ord-m', ?3,"
+                                                " 't', 'now', ?4)", -1, &st, NULL), SQLITE_OK);
+        sqlite3_bind_int(st, 1, i == 2 ? 5 : i + 1);
+        sqlite3_bind_text(st, 2, th_host()->msg_id(e), -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 3, i + 1);
+        sqlite3_bind_text(st, 4, body, -1, SQLITE_TRANSIENT);
+        ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_finalize(st);
+        free(body);
+        th_msg_free(e);
+    }
+    ck_assert_int_eq(sqlite3_exec(db, "UPDATE sqlite_sequence SET seq = 7 WHERE name = 'events';"
+                                      "INSERT INTO cursors VALUES('billing', 2, 0);",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    s = store_new("v1.db", NULL);
+    db = db_open("v1.db");
+    ck_assert_int_eq(db_int(db, "PRAGMA user_version"), 2);
+    ck_assert_str_eq(db_text(db, "SELECT group_concat(seq || ':' || id, ',') FROM"
+                                 " (SELECT * FROM events ORDER BY seq)", buf, sizeof(buf)),
+                     "1:evt-m1,2:evt-m2,5:evt-m3");
+    ck_assert_str_eq(db_text(db, "SELECT group_concat(name) FROM sqlite_master"
+                                 " WHERE type = 'index' AND tbl_name = 'events'", buf, sizeof(buf)),
+                     "events_stream_id");
+    ck_assert_str_eq(db_text(db, "SELECT json_extract(body, '$.type') FROM events WHERE seq = 5",
+                             buf, sizeof(buf)), "OrderShipped");
+    ck_assert_str_eq(db_text(db, "PRAGMA integrity_check", buf, sizeof(buf)), "ok");
+
+    /* an old event again: a duplicate; a new one: after the old counter */
+    m[0] = event_msg("ord-m", "evt-m2", "OrderPaid", 2, "paid");
+    m[1] = event_msg("ord-m", "evt-m4", "OrderDelivered", 4, "delivered");
+    ck_assert_int_eq(th_process_batch(s, m, 2, out), 0);
+    ck_assert_int_eq(out[0].outcome, ORDERD_OK);
+    ck_assert_int_eq(out[1].outcome, ORDERD_OK);
+    ck_assert_double_eq(th_metric(s, "sqlite_duplicates"), 1);
+    /* past the old counter (the ignored duplicate may use a number up) */
+    ck_assert_int_gt(db_int(db, "SELECT seq FROM events WHERE id = 'evt-m4'"), 7);
+    ck_assert_int_eq(db_int(db, "SELECT count(*) FROM events"), 4);
+    sqlite3_close(db);
+
+    ck_assert_int_eq(th_lookup(s, "event:ord-m/evt-m3", &doc), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(doc, "type")), "OrderShipped");
+    json_decref(doc);
+
+    /* the feed's consumer resumes after seq 2 */
+    f = feed_new("v1.db", "consumer = \"billing\";");
+    ck_assert_int_eq(th_start(f), 0);
+    ck_assert(th_wait_submitted(f, 2, 5000));
+    th_msg_free(m[0]);
+    th_msg_free(m[1]);
+    m[0] = th_take(f, 0);
+    m[1] = th_take(f, 1);
+    ck_assert_str_eq(th_host()->msg_id(m[0]), "evt-m3");
+    ck_assert_str_eq(th_host()->msg_id(m[1]), "evt-m4");
+    th_stage_free(f);
+    th_msg_free(m[0]);
+    th_msg_free(m[1]);
+    th_stage_free(s);
+
+    /* opening it again changes nothing */
+    s = store_new("v1.db", NULL);
+    db = db_open("v1.db");
+    ck_assert_int_eq(db_int(db, "SELECT count(*) FROM events"), 4);
+    ck_assert_int_eq(db_int(db, "PRAGMA user_version"), 2);
+    sqlite3_close(db);
+    th_stage_free(s);
 }
 END_TEST
 
@@ -1122,6 +1236,7 @@ sqlite_suite(void)
     tcase_add_test(tc, test_store_busy_retries_batch);
     tcase_add_test(tc, test_store_checkpoint_size);
     tcase_add_test(tc, test_store_cache_size);
+    tcase_add_test(tc, test_store_migrates_schema_1);
     tcase_add_test(tc, test_store_refuses_newer_schema);
     suite_add_tcase(s, tc);
 

@@ -203,12 +203,14 @@ cos_lookup(void *state, const char *key, json_t **out)
 
     *out = NULL;
     if (strncmp(key, "event:", 6) == 0) {
-        /* events are partitioned by order id, which the key does not carry */
+        /* "event:<id>" or "event:<order id>/<id>" (event ids hold no '/'):
+         * queried by id across partitions either way */
         const char *coll = s->events_coll ? s->events_coll : (!s->upsert ? s->coll : NULL);
+        const char *slash = strrchr(key + 6, '/');
 
         if (coll == NULL)
             return -ENOENT;
-        rc = cos_query_id(s, coll, key + 6, &doc);
+        rc = cos_query_id(s, coll, slash ? slash + 1 : key + 6, &doc);
     } else if (s->point_lookup) {
         json_t *k = json_pack("{s:s}", "id", key);
         char *pkhdr = NULL;

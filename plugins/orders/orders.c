@@ -10,7 +10,7 @@
  *
  * Redelivery.  The event id is a pure function of the order id and the
  * command id, so a redelivered command gives the same event id.  When the
- * store already holds that event (lookup "event:<id>"), the stored event is
+ * store already holds that event (lookup "event:<order id>/<id>"), the stored event is
  * re-emitted unchanged, so the store's insert is a no-op and publishers see
  * the same id and version again instead of a second state change.
  *
@@ -386,7 +386,7 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
     const struct ord_trans *t = NULL, *create_t = NULL;
     json_t *body = h->msg_body(m), *snap = NULL, *stored = NULL, *event = NULL, *data;
     json_int_t version = 0;
-    char evt_id[37], now[32], key[48];
+    char evt_id[37], now[32], *key;
     orderd_outcome out;
     size_t i;
     int rc, known = 0;
@@ -418,8 +418,15 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
     if (snap != NULL) {
         /* The store writes event and snapshot together, so only an existing
          * order can have this command's event already: a redelivery. */
-        snprintf(key, sizeof(key), "event:%s", evt_id);
+        /* "event:<order id>/<event id>": a store can find it by order */
+        key = malloc(strlen(oid) + sizeof(evt_id) + 8);
+        if (key == NULL) {
+            out = h->retry(m, 0, "looking up event %s: out of memory", evt_id);
+            goto done;
+        }
+        sprintf(key, "event:%s/%s", oid, evt_id);
         rc = ord_lookup(st, key, &stored);
+        free(key);
         if (rc == 0) {
             h->metric_add(st->inst, "redelivered", 1);
             out = ord_emit(st, m, stored);

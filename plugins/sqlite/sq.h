@@ -8,7 +8,7 @@
 #include <orderd/plugin.h>
 
 /* Version of the schema this build writes; kept in PRAGMA user_version. */
-#define SQ_SCHEMA_VERSION 1
+#define SQ_SCHEMA_VERSION 2
 
 extern const orderd_stage sq_store_stage;   /* sqlite_store.c */
 extern const orderd_stage sq_feed_stage;    /* sqlite_feed.c */

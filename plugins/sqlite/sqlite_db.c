@@ -4,6 +4,9 @@
  * Schema history (PRAGMA user_version):
  *   1  events (append-only stream), snapshots (latest document per id),
  *      cursors (feed consumers' positions).
+ *   2  events: one index, UNIQUE(stream, id), in place of UNIQUE(id) and
+ *      (stream, version).  Event ids are hashes, so an index on the id alone
+ *      took each insert to a random page: about half the log's volume.
  * A migration to N+1 is one more step in sq_schema(), run in the same
  * BEGIN IMMEDIATE transaction, so two stages opening one file at once
  * cannot both create it.
@@ -15,17 +18,31 @@
 
 #include "sq.h"
 
-static const char sq_schema_v1[] =
-    "CREATE TABLE IF NOT EXISTS events ("
-    "  seq     INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  id      TEXT NOT NULL UNIQUE,"
-    "  stream  TEXT NOT NULL,"
-    "  version INTEGER,"
-    "  type    TEXT,"
-    "  time    TEXT,"
+/* The events table of version 2 (no UNIQUE on id), created as events_v2. */
+#define SQ_EVENTS_V2(name)                           \
+    "CREATE TABLE " name " ("                        \
+    "  seq     INTEGER PRIMARY KEY AUTOINCREMENT,"   \
+    "  id      TEXT NOT NULL,"                       \
+    "  stream  TEXT NOT NULL,"                       \
+    "  version INTEGER,"                             \
+    "  type    TEXT,"                                \
+    "  time    TEXT,"                                \
     "  body    TEXT NOT NULL);"
-    /* replaying one order's stream is the usual query after the feed */
-    "CREATE INDEX IF NOT EXISTS events_stream ON events(stream, version);"
+
+/* Version 1 to 2: events copied into the new table in seq order (seq
+ * values, and so the feeds' cursors, stay), the old table and its two
+ * indexes dropped.  sq_schema() carries the AUTOINCREMENT counter over. */
+static const char sq_migrate_v2[] =
+    SQ_EVENTS_V2("events_v2")
+    "INSERT INTO events_v2(seq, id, stream, version, type, time, body)"
+    "  SELECT seq, id, stream, version, type, time, body FROM events ORDER BY seq;"
+    "DROP TABLE events;"
+    "ALTER TABLE events_v2 RENAME TO events;"
+    "CREATE UNIQUE INDEX events_stream_id ON events(stream, id);";
+
+static const char sq_schema_v2[] =
+    SQ_EVENTS_V2("IF NOT EXISTS events")
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_stream_id ON events(stream, id);"
     "CREATE TABLE IF NOT EXISTS snapshots ("
     "  id         TEXT PRIMARY KEY,"
     "  version    INTEGER NOT NULL,"
@@ -119,6 +136,57 @@ sq_prepare(orderd_inst *inst, const orderd_host *h, sqlite3 *db, const char *sql
     return 0;
 }
 
+/* One integer from sql (0 when there is no row).  RETURNS: a SQLite code. */
+static int
+sq_int(sqlite3 *db, const char *sql, sqlite3_int64 *out)
+{
+    sqlite3_stmt *st;
+    int           rc;
+
+    *out = 0;
+    rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Schema 1 to 2, inside sq_schema()'s transaction. */
+static int
+sq_migrate_to_v2(orderd_inst *inst, const orderd_host *h, sqlite3 *db, const char *path)
+{
+    sqlite3_int64 counter, rows;
+    char          sql[128];
+    int           rc;
+
+    rc = sq_int(db, "SELECT count(*) FROM events", &rows);
+    if (rc == SQLITE_OK)
+        rc = sq_int(db, "SELECT seq FROM sqlite_sequence WHERE name = 'events'", &counter);
+    if (rc != SQLITE_OK)
+        return rc;
+    h->log(inst, ORDERD_LOG_INFO, "sqlite: %s: upgrading the schema to version 2 "
+           "(one index on events by order); copying %lld events", path, (long long) rows);
+    rc = sq_exec(db, sq_migrate_v2);
+    if (rc != SQLITE_OK)
+        return rc;
+    /* AUTOINCREMENT never hands out a seq again, even one whose row is gone */
+    snprintf(sql, sizeof(sql), "UPDATE sqlite_sequence SET seq = %lld WHERE name = 'events'"
+             " AND seq < %lld", (long long) counter, (long long) counter);
+    rc = sq_exec(db, sql);
+    if (rc == SQLITE_OK && counter > 0 && sq_int(db, "SELECT count(*) FROM sqlite_sequence"
+                                                 " WHERE name = 'events'", &rows) == SQLITE_OK
+        && rows == 0) {
+        snprintf(sql, sizeof(sql), "INSERT INTO sqlite_sequence(name, seq) VALUES('events', %lld)",
+                 (long long) counter);
+        rc = sq_exec(db, sql);
+    }
+    return rc;
+}
+
 static int
 sq_user_version(sqlite3 *db, int *version)
 {
@@ -163,11 +231,15 @@ sq_schema(orderd_inst *inst, const orderd_host *h, sqlite3 *db, const char *path
         return -EPROTO;
     }
     if (version < 1) {
-        rc = sq_exec(db, sq_schema_v1);
+        rc = sq_exec(db, sq_schema_v2);
+        if (rc != SQLITE_OK)
+            goto fail;
+    } else if (version < 2) {
+        rc = sq_migrate_to_v2(inst, h, db, path);
         if (rc != SQLITE_OK)
             goto fail;
     }
-    /* future: if (version < 2) { ALTER ... } */
+    /* future: if (version < 3) { ... } */
     if (version != SQ_SCHEMA_VERSION) {
         snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", SQ_SCHEMA_VERSION);
         rc = sq_exec(db, sql);

@@ -2,12 +2,12 @@
  * latest snapshot of every order, written together in one transaction.
  *
  * A message whose body follows the event contract (an object with "type"
- * and "snapshot") is appended to `events` (a duplicate event id is a no-op,
- * which makes redelivery harmless) and its snapshot replaces the order's row
- * in `snapshots` only when its version is newer.  Any other message is kept
- * as a plain document: a `snapshots` row under the message id with version 0
- * and no event, replaced by a later document under the same id but never
- * over an event-sourced snapshot.
+ * and "snapshot") is appended to `events` (an order's event id stored again
+ * is a no-op, which makes redelivery harmless) and its snapshot replaces
+ * the order's row in `snapshots` only when its version is newer.  Any other
+ * message is kept as a plain document: a `snapshots` row under the message
+ * id with version 0 and no event, replaced by a later document under the
+ * same id but never over an event-sourced snapshot.
  *
  * Concurrency: one write connection behind wlock (SQLite has one writer per
  * file anyway); lookups come from many worker threads at once and use a
@@ -28,7 +28,8 @@
 struct sqs_reader {
     sqlite3      *db;
     sqlite3_stmt *snapshot;
-    sqlite3_stmt *event;
+    sqlite3_stmt *event;            /* "event:<id>": every stream searched */
+    sqlite3_stmt *stream_event;     /* "event:<stream>/<id>": the index */
 };
 
 struct sqs {
@@ -100,6 +101,7 @@ sqs_reader_close(struct sqs_reader *r)
 {
     sqlite3_finalize(r->snapshot);
     sqlite3_finalize(r->event);
+    sqlite3_finalize(r->stream_event);
     sqlite3_close(r->db);
     free(r);
 }
@@ -122,6 +124,10 @@ sqs_reader_open(struct sqs *s, struct sqs_reader **out)
     if (ret < 0)
         goto fail;
     ret = sq_prepare(s->inst, s->h, r->db, "SELECT body FROM events WHERE id = ?1", &r->event);
+    if (ret < 0)
+        goto fail;
+    ret = sq_prepare(s->inst, s->h, r->db,
+                     "SELECT body FROM events WHERE stream = ?1 AND id = ?2", &r->stream_event);
     if (ret < 0)
         goto fail;
     *out = r;
@@ -185,10 +191,20 @@ sqs_lookup(void *state, const char *key, json_t **out)
         return ret;
     st = r->snapshot;
     if (strncmp(key, "event:", 6) == 0) {
+        const char *slash = strrchr(key + 6, '/');
+
         st = r->event;
         id = key + 6;
+        if (slash != NULL) {
+            /* event ids never hold a '/'; the order id before it may */
+            st = r->stream_event;
+            sqlite3_bind_text(st, 1, id, (int) (slash - id), SQLITE_STATIC);
+            id = slash + 1;
+            sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+        }
     }
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    if (st != r->stream_event)
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         *out = jdec_loadb((const char *) sqlite3_column_text(st, 0),
