@@ -707,20 +707,14 @@ START_TEST(test_store_busy_retries_batch)
 }
 END_TEST
 
-/* checkpoint_size: the log grows to about that before a commit copies it
- * into the database.  500 events (a few hundred KiB of log) stay in the log
- * with 32MiB; with 64KiB the log keeps being checkpointed and reused. */
-static long long
-wal_bytes_after(const char *name, const char *ckpt)
+/* 500 new orders' events, in 10 batches of 50. */
+static void
+store_500(struct th_stage *s)
 {
-    char              extra[64], evid[32], order[32], wal[1024];
-    struct th_stage  *s;
-    struct stat       st;
-    orderd_msg       *m[50];
-    orderd_result     out[50];
+    char           evid[32], order[32];
+    orderd_msg    *m[50];
+    orderd_result  out[50];
 
-    snprintf(extra, sizeof(extra), "checkpoint_size = \"%s\";", ckpt);
-    s = store_new(name, extra);
     for (int b = 0; b < 10; b++) {
         for (int i = 0; i < 50; i++) {
             snprintf(order, sizeof(order), "ord-%d-%d", b, i);
@@ -733,6 +727,21 @@ wal_bytes_after(const char *name, const char *ckpt)
             th_msg_free(m[i]);
         }
     }
+}
+
+/* checkpoint_size: the log grows to about that before a commit copies it
+ * into the database.  500 events (a few hundred KiB of log) stay in the log
+ * with 32MiB; with 64KiB the log keeps being checkpointed and reused. */
+static long long
+wal_bytes_after(const char *name, const char *ckpt)
+{
+    char              extra[64], wal[1024];
+    struct th_stage  *s;
+    struct stat       st;
+
+    snprintf(extra, sizeof(extra), "checkpoint_size = \"%s\";", ckpt);
+    s = store_new(name, extra);
+    store_500(s);
     snprintf(wal, sizeof(wal), "%s-wal", db_path(name));
     ck_assert_int_eq(stat(wal, &st), 0);
     th_stage_free(s);
@@ -755,26 +764,13 @@ END_TEST
 static double
 cache_bytes_after(const char *name, const char *size)
 {
-    char              extra[64], evid[32], order[32];
+    char              extra[64];
     struct th_stage  *s;
-    orderd_msg       *m[50];
-    orderd_result     out[50];
     double            used;
 
     snprintf(extra, sizeof(extra), "cache_size = \"%s\";", size);
     s = store_new(name, extra);
-    for (int b = 0; b < 10; b++) {
-        for (int i = 0; i < 50; i++) {
-            snprintf(order, sizeof(order), "ord-%d-%d", b, i);
-            snprintf(evid, sizeof(evid), "evt-%d-%d", b, i);
-            m[i] = event_msg(order, evid, "OrderCreated", 1, "created");
-        }
-        ck_assert_int_eq(th_process_batch(s, m, 50, out), 0);
-        for (int i = 0; i < 50; i++) {
-            ck_assert_int_eq(out[i].outcome, ORDERD_OK);
-            th_msg_free(m[i]);
-        }
-    }
+    store_500(s);
     used = th_metric(s, "sqlite_cache_bytes");
     th_stage_free(s);
     return used;
