@@ -1042,7 +1042,6 @@ out:
 
 /* ---- reading ---- */
 
-/* Read one record and check it again: disks and filesystems do rot. */
 /* Copy record l of segment g out of the read-ahead window, refilling the
  * window from l.off up to limit (the end of the segment's last indexed
  * record) when it does not hold it.  RETURNS: true if h and buf were filled. */
@@ -1084,6 +1083,7 @@ out:
     return hit;
 }
 
+/* Read one record and check it again: disks and filesystems do rot. */
 static int spool_read_rec(struct od_spool *s, struct spool_seg *g, uint64_t seq,
                           struct spool_loc l, uint64_t limit, void **out)
 {
