@@ -886,6 +886,21 @@ START_TEST(test_store_migrates_schema_1)
     ck_assert_int_eq(db_int(db, "PRAGMA user_version"), 2);
     sqlite3_close(db);
     th_stage_free(s);
+
+    /* no events left, but numbers handed out before: the counter still holds */
+    ck_assert_int_eq(sqlite3_open(db_path("v1-empty.db"), &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, "INSERT INTO events(id, stream, body) VALUES('a', 's', '{}');"
+                                      "DELETE FROM events;"
+                                      "UPDATE sqlite_sequence SET seq = 41 WHERE name = 'events';",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    s = store_new("v1-empty.db", NULL);
+    store_one(s, "ord-e", "evt-e1", "OrderCreated", 1, "created");
+    db = db_open("v1-empty.db");
+    ck_assert_int_eq(db_int(db, "SELECT seq FROM events WHERE id = 'evt-e1'"), 42);
+    sqlite3_close(db);
+    th_stage_free(s);
 }
 END_TEST
 

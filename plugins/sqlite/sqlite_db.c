@@ -160,7 +160,7 @@ static int
 sq_migrate_to_v2(orderd_inst *inst, const orderd_host *h, sqlite3 *db, const char *path)
 {
     sqlite3_int64 counter, rows;
-    char          sql[128];
+    char          sql[192];
     int           rc;
 
     rc = sq_int(db, "SELECT count(*) FROM events", &rows);
@@ -173,18 +173,13 @@ sq_migrate_to_v2(orderd_inst *inst, const orderd_host *h, sqlite3 *db, const cha
     rc = sq_exec(db, sq_migrate_v2);
     if (rc != SQLITE_OK)
         return rc;
-    /* AUTOINCREMENT never hands out a seq again, even one whose row is gone */
-    snprintf(sql, sizeof(sql), "UPDATE sqlite_sequence SET seq = %lld WHERE name = 'events'"
-             " AND seq < %lld", (long long) counter, (long long) counter);
-    rc = sq_exec(db, sql);
-    if (rc == SQLITE_OK && counter > 0 && sq_int(db, "SELECT count(*) FROM sqlite_sequence"
-                                                 " WHERE name = 'events'", &rows) == SQLITE_OK
-        && rows == 0) {
-        snprintf(sql, sizeof(sql), "INSERT INTO sqlite_sequence(name, seq) VALUES('events', %lld)",
-                 (long long) counter);
-        rc = sq_exec(db, sql);
-    }
-    return rc;
+    /* AUTOINCREMENT never hands out a seq again, even one whose row is
+     * gone: the new table's counter is the old one (or its highest seq) */
+    snprintf(sql, sizeof(sql), "DELETE FROM sqlite_sequence WHERE name = 'events';"
+             "INSERT INTO sqlite_sequence(name, seq)"
+             " SELECT 'events', max(%lld, coalesce(max(seq), 0)) FROM events;",
+             (long long) counter);
+    return sq_exec(db, sql);
 }
 
 static int
