@@ -16,6 +16,10 @@
 #   WORKERS [2]  BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]  CHECKPOINT [32MiB]
 #   PERF=1  record `perf record -g` of orderd during the run into $PERF_OUT
 #           [./intake.perf.data]
+#   ROUNDS [1]  more than 1: after the first (reported in full), run nginx
+#           and orderd again in turn, print each round's ratio and the median
+#           (nginx's own rate moves by tens of percent between runs on a
+#           shared machine; alternating rounds keep the ratio honest)
 # On a busy or shared machine compare the "CPU ... per request" line, which
 # moves far less than requests/s.
 # Everything listens on 127.0.0.1; the temporary directory (state, logs) is on
@@ -152,6 +156,28 @@ awk -v a="$sync0" -v b="$sync1" 'BEGIN {
     split(a, x, " "); split(b, y, " "); c = y[1] - x[1]; r = y[2] - x[2]; t = y[3] - x[3]
     if (c > 0) printf "spool group commits during the run: %d, %.1f records each, fdatasync %.3f ms on average\n", c, r / c, 1000 * t / c }'
 echo "spool records still queued after the run: $spool"
+
+ROUNDS=${ROUNDS:-1}
+if [ "$ROUNDS" -gt 1 ]; then
+    printf 'round 1: nginx %.0f, orderd %.0f requests/s (p99 %s ms): %s %%\n' \
+        "$n_rps" "$o_rps" "$o_p99" "$ratio"
+    ratios=$ratio
+    for ((k = 2; k <= ROUNDS; k++)); do
+        run_wrk nginx "$NGX_PORT"
+        run_wrk orderd "$OD_PORT"
+        read -r n_rps _ < <($U wrk "$T/nginx.wrk")
+        read -r o_rps _ o_p99 o_bad o_err < <($U wrk "$T/orderd.wrk")
+        [ "$o_bad" != 0 ] || [ "$o_err" != 0 ] &&
+            echo "WARNING: round $k: orderd had $o_bad non-2xx responses and $o_err socket errors" \
+                 "(a full spool answers 503)" >&2
+        r=$(awk -v a="$o_rps" -v b="$n_rps" 'BEGIN { printf "%.1f", (b > 0) ? 100 * a / b : 0 }')
+        printf 'round %d: nginx %.0f, orderd %.0f requests/s (p99 %s ms): %s %%\n' \
+            "$k" "$n_rps" "$o_rps" "$o_p99" "$r"
+        ratios="$ratios $r"
+    done
+    med=$(echo "$ratios" | tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    echo "median orderd/nginx over $ROUNDS rounds: $med %   (target >= 50 %: $(awk -v r="$med" 'BEGIN { print (r >= 50) ? "met" : "MISSED" }'))"
+fi
 if [ "$o_bad" != 0 ] || [ "$o_err" != 0 ]; then
     echo "WARNING: orderd had $o_bad non-2xx responses and $o_err socket errors" >&2
     tail -n 5 "$T/orderd.log" >&2
