@@ -379,13 +379,20 @@ static int msg_put_int(struct jenc_buf *b, const char *key, int64_t v)
 
 char *od_msg_record(const orderd_msg *m, size_t *len)
 {
-    struct jenc_buf b = { NULL, 0, 0 };
+    return od_msg_record_exact(m, len, NULL);
+}
+
+char *od_msg_record_exact(const orderd_msg *m, size_t *len, bool *exact)
+{
+    struct jenc_buf b = { NULL, 0, 0, 0 };
     bool plain = msg_utf8(m->id) && (m->content_type == NULL || msg_utf8(m->content_type)) &&
                  (m->partition_key == NULL || msg_utf8(m->partition_key));
     int rc;
 
     for (size_t i = 0; plain && i < m->nprops; i++)
         plain = msg_utf8(m->props[i].key) && msg_utf8(m->props[i].value);
+    if (exact != NULL)
+        *exact = false;
     if (!plain) {
         /* jansson leaves out what it refuses: keep doing exactly that. */
         json_t *j = od_msg_to_json(m);
@@ -411,6 +418,10 @@ char *od_msg_record(const orderd_msg *m, size_t *len)
         free(b.p);
         return NULL;
     }
+    /* A cached text next to a tree was written from it and may have lost
+     * digits that the tree still has. */
+    if (exact != NULL)
+        *exact = !b.lossy && !(m->body_text != NULL && m->body != NULL);
     *len = b.len;
     return b.p;
 }

@@ -2,6 +2,7 @@
 #ifndef OD_MSG_H
 #define OD_MSG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <orderd/plugin.h>
@@ -65,6 +66,10 @@ json_t     *od_msg_to_json(const orderd_msg *m);
  * written directly (and with the body's cached text when it has one).
  * RETURNS: malloc'd text of *len bytes, or NULL out of memory. */
 char       *od_msg_record(const orderd_msg *m, size_t *len);
+/* The same; *exact says whether od_msg_from_json() of the record gives m
+ * back as it is (false when jansson's rules left something out, or a real
+ * number does not survive its 15 digits). */
+char       *od_msg_record_exact(const orderd_msg *m, size_t *len, bool *exact);
 orderd_msg *od_msg_from_json(const json_t *j);
 
 #endif

@@ -96,7 +96,7 @@ struct od_pipe {
         struct od_pipe     *p;
         unsigned            what;     /* index into spool_gauges[] */
         struct od_gauge_fn *g;
-    }                    g_spool[5];
+    }                    g_spool[7];
     char                 labels[160];
 };
 
@@ -753,6 +753,33 @@ static size_t take_replay_stage(const struct od_pipe *p, orderd_msg *m)
 }
 
 /* Take m into flight (blocking for room unless nowait).  p->mu held. */
+static void pipe_msg_free(void *m)
+{
+    od_msg_free(m);
+}
+
+/* The spool record of a submitted message.  The message itself goes to the
+ * spool with it, as the record's in-memory copy, when reading the record
+ * back would give the same message (*m stays); otherwise it is freed here
+ * (*m becomes NULL).  RETURNS: the malloc'd record, or NULL. */
+static char *spool_record(orderd_msg **m, size_t *len)
+{
+    bool exact = false;
+    char *text = od_msg_record_exact(*m, len, &exact);
+
+    if (text == NULL || !exact) {
+        od_msg_free(*m);
+        *m = NULL;
+        return text;
+    }
+    /* Only what the record holds travels with it. */
+    (*m)->input_ptr = NULL;
+    (*m)->input_u64 = 0;
+    (*m)->done = NULL;
+    (*m)->done_arg = NULL;
+    return text;
+}
+
 static int admit_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int *open)
 {
     while (p->in_flight >= p->pc->queue_size && *open && !p->stopping) {
@@ -792,11 +819,12 @@ int od_pipe_submit(struct orderd_inst *inst, orderd_msg *m, unsigned flags)
             od_msg_free(m);
             return -ESHUTDOWN;
         }
-        text = od_msg_record(m, &len);
-        od_msg_free(m);
-        if (text == NULL)
+        text = spool_record(&m, &len);
+        if (text == NULL) {
+            od_msg_free(m);
             return -ENOMEM;
-        rc = od_spool_append(p->spool, text, len, &seq);
+        }
+        rc = od_spool_append_obj(p->spool, text, len, m, &seq);
         free(text);
         atomic_fetch_add_explicit(&inst->metrics.in, 1, memory_order_relaxed);
         if (rc == 0)
@@ -848,8 +876,7 @@ int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags
 {
     struct od_pipe *p = inst->pipe;
     int outcome = (flags & ORDERD_SUBMIT_OUTCOME) != 0;
-    int (*append)(struct od_spool *, void *, size_t, od_spool_done_fn, void *, uint64_t *) =
-        (flags & ORDERD_SUBMIT_DEFER) ? od_spool_append_deferred : od_spool_append_async;
+    int defer = (flags & ORDERD_SUBMIT_DEFER) != 0;
     int rc;
 
     if (m == NULL)
@@ -869,21 +896,22 @@ int od_pipe_submit_async(struct orderd_inst *inst, orderd_msg *m, unsigned flags
             od_msg_free(m);
             return -ESHUTDOWN;
         }
-        text = od_msg_record(m, &len);
-        od_msg_free(m);
+        text = spool_record(&m, &len);
         w = text ? malloc(sizeof(*w)) : NULL;
         if (w == NULL) {
             free(text);
+            od_msg_free(m);
             return -ENOMEM;
         }
         *w = (struct od_waiter){ .p = p, .done = done, .arg = arg };
         if (!outcome) {
-            rc = append(p->spool, text, len, spooled, w, &w->seq);
+            rc = od_spool_append_async_obj(p->spool, text, len, m, defer, spooled, w, &w->seq);
         } else {
             /* Filed before the reader can see the record: finish() takes
              * wmu too, so it cannot look before w is in the table. */
             pthread_mutex_lock(&p->wmu);
-            rc = append(p->spool, text, len, spooled_outcome, w, &w->seq);
+            rc = od_spool_append_async_obj(p->spool, text, len, m, defer, spooled_outcome, w,
+                                           &w->seq);
             if (rc == 0) {
                 struct od_waiter **b = &p->waiters[w->seq % OD_WAIT_BUCKETS];
                 w->next = *b;
@@ -935,7 +963,7 @@ static void *spool_reader_main(void *arg)
 
     for (;;) {
         uint64_t seq;
-        void *data;
+        void *data, *obj;
         size_t len;
         json_t *j;
         orderd_msg *m;
@@ -950,15 +978,19 @@ static void *spool_reader_main(void *arg)
         }
         pthread_mutex_unlock(&p->mu);
 
-        rc = od_spool_next(p->spool, &seq, &data, &len, 500);
+        rc = od_spool_next_obj(p->spool, &seq, &data, &len, &obj, 500);
         if (rc == -EAGAIN)
             continue;
         if (rc < 0)
             break;
-        j = jdec_loadb(data, len, NULL);
-        free(data);
-        m = j ? od_msg_from_json(j) : NULL;
-        json_decref(j);
+        if (obj != NULL) {
+            m = obj;    /* its submitter's message: nothing to read or parse */
+        } else {
+            j = jdec_loadb(data, len, NULL);
+            free(data);
+            m = j ? od_msg_from_json(j) : NULL;
+            json_decref(j);
+        }
         if (m == NULL) {
             od_logf(ORDERD_LOG_ERR, p->pc->name, NULL, NULL,
                     "spool record %llu is not a message; completing it", (unsigned long long)seq);
@@ -1040,6 +1072,8 @@ static const struct {
     { "orderd_spool_commits_total", "Group commits written to the spool" },
     { "orderd_spool_appends_total", "Records written to the spool by group commits" },
     { "orderd_spool_sync_seconds_total", "Time spent in the group commits' fdatasync" },
+    { "orderd_spool_memory_hits_total", "Spooled records handed to the pipeline from memory, not read back" },
+    { "orderd_spool_reads_total", "Spooled records read back from disk for the pipeline" },
 };
 _Static_assert(sizeof(spool_gauges) / sizeof(spool_gauges[0]) ==
                sizeof(((struct od_pipe *)0)->g_spool) / sizeof(struct pipe_spool_gauge),
@@ -1056,7 +1090,9 @@ static double g_spool(void *arg)
     case 1:  return (double)st.records;
     case 2:  return (double)st.commits;
     case 3:  return (double)st.committed;
-    default: return (double)st.sync_ns / 1e9;
+    case 4:  return (double)st.sync_ns / 1e9;
+    case 5:  return (double)st.hot_hits;
+    default: return (double)st.reads;
     }
 }
 
@@ -1093,6 +1129,11 @@ int od_pipe_create(const struct od_pipeline_conf *pc, const char *state_dir, str
             .max_bytes = (uint64_t)json_integer_value(json_object_get(pc->spool, "max_bytes")),
             .segment_bytes = (uint64_t)json_integer_value(json_object_get(pc->spool, "segment_bytes")),
             .sync = json_is_true(json_object_get(pc->spool, "sync")),
+            /* Submitted messages wait in memory for the reader, up to as
+             * many as may be in flight and 8 MiB of their records. */
+            .hot_max = (size_t)pc->queue_size,
+            .hot_bytes = (uint64_t)8 << 20,
+            .hot_free = pipe_msg_free,
         };
         int rc = od_spool_open(&so, &p->spool);
         if (rc < 0) {

@@ -84,6 +84,18 @@
  * above every seq seen in records or acks, so a seq is never reused for a
  * new record while an ack for an older one may survive.
  *
+ * HOT COPIES.  An append may leave the caller's parsed form of the record
+ * (the pipeline's message) with the spool.  Once the record is durable the
+ * leader files it in a ring indexed by seq, and od_spool_next_obj hands it
+ * out instead of reading, checking and parsing the record again: when the
+ * pipeline keeps up, records are read back only after a restart.  Nothing
+ * changes on disk, and the order records are handed out in is the same.
+ * The ring is bounded (hot_max objects, hot_bytes of their records); a
+ * copy finds no room when its slot holds an older record not yet handed
+ * out, so in a backlog longer than the ring the records are read from disk
+ * as before and memory stays bounded.  A slot whose record the cursor has
+ * passed (handed out some other way) is taken over.
+ *
  * LOCKING.  One mutex guards the index, queue and counters; file writes,
  * fdatasync and payload reads run without it.  Only the leader writes to a
  * segment, and a segment being read is pinned by a reference count.
@@ -170,6 +182,14 @@ struct spool_req {
     od_spool_done_fn  cb;       /* NULL: a synchronous request (on its owner's stack) */
     void             *cb_arg;
     bool              deferred; /* its owner's od_spool_flush() leads it, not the writer */
+    void             *obj;      /* in-memory copy to keep once durable, or NULL (hot_free) */
+};
+
+/* A record's in-memory copy, kept in s->hot[seq & (hot_cap - 1)]. */
+struct spool_hot {
+    uint64_t seq;
+    uint32_t len;
+    void    *obj;               /* NULL: the slot is free */
 };
 
 struct od_spool {
@@ -236,6 +256,14 @@ struct od_spool {
     uint64_t           ra_off;      /* file offset of ra_buf[0] */
     size_t             ra_len;
     unsigned char     *ra_buf;      /* SPOOL_RA_BYTES, allocated on first use */
+
+    /* In-memory copies (see HOT COPIES): a ring indexed by seq. */
+    struct spool_hot  *hot;
+    size_t             hot_cap;     /* a power of two, or 0: none kept */
+    uint64_t           hot_max_bytes;
+    uint64_t           hot_used;    /* record bytes of the copies kept */
+    void             (*hot_free)(void *obj);
+    uint64_t           hot_hits, reads;   /* od_spool_stats */
 };
 
 /* Read-ahead window: about a hundred typical order records. */
@@ -789,6 +817,57 @@ static void spool_zero_ahead(struct od_spool *s)
 
 /* Write one group from the queue.  Called with the lock held and the queue
  * non-empty; drops the lock for the I/O (and for asynchronous callbacks). */
+/* File r's copy in the ring (lock held).  On success r->obj becomes the
+ * copy it displaced (one the cursor had passed), or NULL; either way the
+ * caller frees what r->obj holds after dropping the lock. */
+static void spool_hot_put(struct od_spool *s, struct spool_req *r)
+{
+    struct spool_hot *e;
+    void *old = NULL;
+    uint64_t used;
+
+    if (r->obj == NULL || s->hot_cap == 0)
+        return;
+    e = &s->hot[r->seq & (s->hot_cap - 1)];
+    used = s->hot_used;
+    if (e->obj != NULL) {
+        if (e->seq >= s->cur)
+            return;     /* still to be handed out: it keeps its place */
+        old = e->obj;
+        used -= e->len;
+    }
+    if (used + r->len > s->hot_max_bytes)
+        return;
+    if (old != NULL)
+        s->hot_used -= e->len;
+    *e = (struct spool_hot){ .seq = r->seq, .len = (uint32_t)r->len, .obj = r->obj };
+    s->hot_used += r->len;
+    r->obj = old;
+}
+
+/* Take seq's copy out of the ring, or NULL (lock held). */
+static void *spool_hot_take(struct od_spool *s, uint64_t seq)
+{
+    struct spool_hot *e;
+    void *obj;
+
+    if (s->hot_cap == 0)
+        return NULL;
+    e = &s->hot[seq & (s->hot_cap - 1)];
+    if (e->obj == NULL || e->seq != seq)
+        return NULL;
+    obj = e->obj;
+    e->obj = NULL;
+    s->hot_used -= e->len;
+    return obj;
+}
+
+static void spool_hot_drop(struct od_spool *s, void *obj)
+{
+    if (obj != NULL && s->hot_free != NULL)
+        s->hot_free(obj);
+}
+
 static void spool_lead(struct od_spool *s)
 {
     struct spool_req *batch = s->qhead, *last = batch, *r, *next;
@@ -859,6 +938,7 @@ static void spool_lead(struct od_spool *s)
             spool_seg_put(g, r->seq, (uint32_t)off, (uint32_t)r->len);
             off += SPOOL_HDR + r->len;
             s->live++;
+            spool_hot_put(s, r);
         }
         g->size = base + bytes;
         s->bytes += bytes;
@@ -898,6 +978,7 @@ static void spool_lead(struct od_spool *s)
         for (r = async; r != NULL; r = next) {
             next = r->next;
             r->cb(r->cb_arg, r->rc, r->seq);
+            spool_hot_drop(s, r->obj);
             free((void *)(uintptr_t)r->data);
             free(r);
         }
@@ -944,8 +1025,8 @@ static int spool_enqueue(struct od_spool *s, struct spool_req *r, uint32_t dcrc)
     return 0;
 }
 
-static int spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
-                              void *arg, uint64_t *seq, bool defer)
+static int spool_append_async(struct od_spool *s, void *data, size_t len, void *obj,
+                              od_spool_done_fn cb, void *arg, uint64_t *seq, bool defer)
 {
     struct spool_req *r;
     uint32_t dcrc;
@@ -953,14 +1034,17 @@ static int spool_append_async(struct od_spool *s, void *data, size_t len, od_spo
 
     if (len > SPOOL_MAX_RECORD) {
         free(data);
+        spool_hot_drop(s, obj);
         return -EMSGSIZE;
     }
     r = malloc(sizeof(*r));
     if (r == NULL) {
         free(data);
+        spool_hot_drop(s, obj);
         return -ENOMEM;
     }
-    *r = (struct spool_req){ .data = data, .len = len, .cb = cb, .cb_arg = arg, .deferred = defer };
+    *r = (struct spool_req){ .data = data, .len = len, .cb = cb, .cb_arg = arg, .deferred = defer,
+                             .obj = obj };
     dcrc = spool_crc32c(data, len);
 
     pthread_mutex_lock(&s->mu);
@@ -973,6 +1057,7 @@ static int spool_append_async(struct od_spool *s, void *data, size_t len, od_spo
     pthread_mutex_unlock(&s->mu);
     if (rc < 0) {
         free(data);
+        spool_hot_drop(s, obj);
         free(r);
     }
     return rc;
@@ -981,13 +1066,19 @@ static int spool_append_async(struct od_spool *s, void *data, size_t len, od_spo
 int od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
                           void *arg, uint64_t *seq)
 {
-    return spool_append_async(s, data, len, cb, arg, seq, false);
+    return spool_append_async(s, data, len, NULL, cb, arg, seq, false);
 }
 
 int od_spool_append_deferred(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
                              void *arg, uint64_t *seq)
 {
-    return spool_append_async(s, data, len, cb, arg, seq, true);
+    return spool_append_async(s, data, len, NULL, cb, arg, seq, true);
+}
+
+int od_spool_append_async_obj(struct od_spool *s, void *data, size_t len, void *obj, int defer,
+                              od_spool_done_fn cb, void *arg, uint64_t *seq)
+{
+    return spool_append_async(s, data, len, obj, cb, arg, seq, defer != 0);
 }
 
 void od_spool_flush(struct od_spool *s)
@@ -1012,12 +1103,20 @@ void od_spool_flush(struct od_spool *s)
 
 int od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *seq)
 {
-    struct spool_req req = { .data = data, .len = len, .cv = PTHREAD_COND_INITIALIZER };
+    return od_spool_append_obj(s, data, len, NULL, seq);
+}
+
+int od_spool_append_obj(struct od_spool *s, const void *data, size_t len, void *obj,
+                        uint64_t *seq)
+{
+    struct spool_req req = { .data = data, .len = len, .cv = PTHREAD_COND_INITIALIZER, .obj = obj };
     uint32_t dcrc;
     int rc;
 
-    if (len > SPOOL_MAX_RECORD)
+    if (len > SPOOL_MAX_RECORD) {
+        spool_hot_drop(s, obj);
         return -EMSGSIZE;
+    }
     dcrc = spool_crc32c(data, len);
 
     pthread_mutex_lock(&s->mu);
@@ -1037,6 +1136,7 @@ int od_spool_append(struct od_spool *s, const void *data, size_t len, uint64_t *
 out:
     pthread_mutex_unlock(&s->mu);
     pthread_cond_destroy(&req.cv);
+    spool_hot_drop(s, req.obj);     /* not kept, or displaced by it */
     return rc;
 }
 
@@ -1139,12 +1239,20 @@ fail:
 
 int od_spool_next(struct od_spool *s, uint64_t *seq, void **data, size_t *len, int64_t timeout_ms)
 {
+    return od_spool_next_obj(s, seq, data, len, NULL, timeout_ms);
+}
+
+int od_spool_next_obj(struct od_spool *s, uint64_t *seq, void **data, size_t *len, void **obj,
+                      int64_t timeout_ms)
+{
     struct timespec deadline;
     struct spool_seg *g;
     uint32_t idx;
     bool timed_out = false;
     int rc;
 
+    if (obj != NULL)
+        *obj = NULL;
     if (timeout_ms > 0) {
         clock_gettime(CLOCK_MONOTONIC, &deadline);
         deadline.tv_sec += timeout_ms / 1000;
@@ -1166,15 +1274,26 @@ int od_spool_next(struct od_spool *s, uint64_t *seq, void **data, size_t *len, i
             uint64_t q = g->first + idx;
             struct spool_loc l = g->loc[idx];
             struct spool_loc last = g->loc[g->n - 1];
-            void *buf = NULL;
+            void *buf = NULL, *copy = spool_hot_take(s, q);
 
             g->state[idx] = REC_INFLIGHT;
+            if (copy != NULL && obj != NULL) {
+                s->hot_hits++;
+                *seq = q;
+                *data = NULL;
+                *len = l.len;
+                *obj = copy;
+                rc = 0;
+                break;
+            }
             g->refs++;
             pthread_mutex_unlock(&s->mu);
+            spool_hot_drop(s, copy);    /* a caller that wants the bytes */
             rc = spool_read_rec(s, g, q, l, (uint64_t)last.off + SPOOL_HDR + last.len, &buf);
             pthread_mutex_lock(&s->mu);
             g->refs--;
             if (rc == 0) {
+                s->reads++;
                 *seq = q;
                 *data = buf;
                 *len = l.len;
@@ -1353,6 +1472,8 @@ void od_spool_stats(struct od_spool *s, struct od_spool_stats *st)
     st->commits = s->commits;
     st->committed = s->committed;
     st->sync_ns = s->sync_ns;
+    st->hot_hits = s->hot_hits;
+    st->reads = s->reads;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -1687,6 +1808,16 @@ int od_spool_open(const struct od_spool_opts *o, struct od_spool **out)
     if (s->seg_bytes > SPOOL_SEG_MAX)
         s->seg_bytes = SPOOL_SEG_MAX;
     s->sync = o->sync != 0;
+    if (o->hot_max > 0 && o->hot_bytes > 0 && o->hot_free != NULL) {
+        s->hot_cap = 1;
+        while (s->hot_cap < o->hot_max && s->hot_cap < ((size_t)1 << 20))
+            s->hot_cap <<= 1;
+        s->hot = calloc(s->hot_cap, sizeof(*s->hot));
+        if (s->hot == NULL)
+            s->hot_cap = 0;     /* slower, not wrong */
+        s->hot_max_bytes = o->hot_bytes;
+        s->hot_free = o->hot_free;
+    }
     /* Without fdatasync there is nothing to gain from zero-filling. */
     s->zeros = s->sync ? calloc(1, SPOOL_ZERO_PIECE) : NULL;
     s->zero_off = s->zeros == NULL;
@@ -1776,6 +1907,9 @@ void od_spool_close(struct od_spool *s)
     }
     for (size_t i = 0; i < s->nsegs; i++)
         spool_seg_free(s->segs[i]);
+    for (size_t i = 0; i < s->hot_cap; i++)
+        spool_hot_drop(s, s->hot[i].obj);
+    free(s->hot);
     free(s->segs);
     free(s->heap);
     if (s->lock_fd >= 0)

@@ -20,6 +20,12 @@ struct od_spool_opts {
     uint64_t    max_bytes;       /* appends fail with -ENOSPC beyond this (0: no limit) */
     uint64_t    segment_bytes;   /* roll to a new segment past this size */
     int         sync;            /* 1: fdatasync before append returns (durable mode) */
+    /* In-memory copies (the *_obj appends): at most hot_max objects whose
+     * records add up to at most hot_bytes are kept; 0 keeps none.
+     * hot_free frees one the spool does not hand out. */
+    size_t      hot_max;
+    uint64_t    hot_bytes;
+    void      (*hot_free)(void *obj);
 };
 
 /* Open (and recover) a spool.  0 or negative errno. */
@@ -48,6 +54,18 @@ int  od_spool_append_async(struct od_spool *s, void *data, size_t len, od_spool_
  * Another group's leader may still take the record along. */
 int  od_spool_append_deferred(struct od_spool *s, void *data, size_t len, od_spool_done_fn cb,
                               void *arg, uint64_t *seq);
+/* The same appends, also leaving obj, the caller's in-memory form of the
+ * record (a parsed message), with the spool: once the record is durable it
+ * is kept, while the hot_max / hot_bytes budget has room, so that
+ * od_spool_next_obj hands it out instead of reading the record back.  The
+ * spool owns obj from the call on, also on failure (hot_free); obj may be
+ * NULL.  od_spool_append_obj borrows data like od_spool_append;
+ * od_spool_append_async_obj takes data over like od_spool_append_async
+ * (defer: as od_spool_append_deferred). */
+int  od_spool_append_obj(struct od_spool *s, const void *data, size_t len, void *obj,
+                         uint64_t *seq);
+int  od_spool_append_async_obj(struct od_spool *s, void *data, size_t len, void *obj, int defer,
+                               od_spool_done_fn cb, void *arg, uint64_t *seq);
 /* Returns once every record appended before the call is written (or failed)
  * and its callback has been called: leads the groups itself while nobody
  * else leads, waits for the leader otherwise. */
@@ -57,6 +75,11 @@ void od_spool_flush(struct od_spool *s);
  * (-1: forever) for one.  *data is malloc'd for the caller.
  * RETURNS: 0, -EAGAIN (timeout), -ESHUTDOWN (closing). */
 int  od_spool_next(struct od_spool *s, uint64_t *seq, void **data, size_t *len, int64_t timeout_ms);
+/* od_spool_next, but a record whose in-memory copy the spool still keeps
+ * comes back as *obj (the caller owns it; *data is NULL) without being
+ * read; any other as *data (and *obj NULL). */
+int  od_spool_next_obj(struct od_spool *s, uint64_t *seq, void **data, size_t *len, void **obj,
+                       int64_t timeout_ms);
 /* Wake any od_spool_next waiting (e.g. on stop); later calls return -ESHUTDOWN.
  * Appends already queued are written and their callbacks called first. */
 void od_spool_shutdown(struct od_spool *s);
@@ -76,6 +99,8 @@ struct od_spool_stats {
     uint64_t commits;       /* groups written (each one write, and one fdatasync when syncing) */
     uint64_t committed;     /* records in those groups */
     uint64_t sync_ns;       /* time spent in those groups' fdatasync */
+    uint64_t hot_hits;      /* records handed out from their in-memory copy */
+    uint64_t reads;         /* records handed out by reading them back */
 };
 void od_spool_stats(struct od_spool *s, struct od_spool_stats *st);
 

@@ -1321,6 +1321,208 @@ START_TEST(test_async_append)
 }
 END_TEST
 
+/* ---- in-memory copies (the *_obj appends) ---- */
+
+/* An object standing for a parsed record: which record, and a count of
+ * frees kept by the test. */
+struct hot_obj {
+    uint32_t i;
+};
+static unsigned hot_freed;
+static pthread_mutex_t hot_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void hot_free(void *obj)
+{
+    pthread_mutex_lock(&hot_mu);
+    hot_freed++;
+    pthread_mutex_unlock(&hot_mu);
+    free(obj);
+}
+
+static unsigned hot_freed_now(void)
+{
+    pthread_mutex_lock(&hot_mu);
+    unsigned n = hot_freed;
+    pthread_mutex_unlock(&hot_mu);
+    return n;
+}
+
+static struct od_spool *hot_open(size_t hot_max, uint64_t hot_bytes, uint64_t max_bytes)
+{
+    struct od_spool_opts o = {
+        .dir = spooldir, .max_bytes = max_bytes, .sync = 1,
+        .hot_max = hot_max, .hot_bytes = hot_bytes, .hot_free = hot_free,
+    };
+    struct od_spool *s = NULL;
+    int rc = od_spool_open(&o, &s);
+
+    ck_assert_msg(rc == 0, "od_spool_open: %s", strerror(-rc));
+    hot_freed = 0;
+    return s;
+}
+
+static struct hot_obj *hot_new(uint32_t i)
+{
+    struct hot_obj *o = malloc(sizeof(*o));
+
+    ck_assert_ptr_nonnull(o);
+    o->i = i;
+    return o;
+}
+
+static int hot_append(struct od_spool *s, uint32_t i, uint64_t *seq)
+{
+    unsigned char buf[512];
+    size_t len = payload_make(buf, 5, i);
+
+    return od_spool_append_obj(s, buf, len, hot_new(i), seq);
+}
+
+/* Take the next record: its copy when the spool kept one (*from_mem set),
+ * else the bytes, checked.  RETURNS: the record's index. */
+static uint32_t hot_next(struct od_spool *s, uint64_t *seq, bool *from_mem)
+{
+    void *data = NULL, *obj = NULL;
+    size_t len = 0;
+    uint32_t tag, i;
+    int rc = od_spool_next_obj(s, seq, &data, &len, &obj, 0);
+
+    ck_assert_msg(rc == 0, "next_obj: %s", strerror(-rc));
+    ck_assert_msg((data == NULL) != (obj == NULL), "exactly one of data and obj");
+    *from_mem = obj != NULL;
+    if (obj != NULL) {
+        i = ((struct hot_obj *)obj)->i;
+        ck_assert_uint_eq(len, payload_make((unsigned char[512]){ 0 }, 5, i));
+        free(obj);
+        return i;
+    }
+    ck_assert_msg(payload_check(data, len, &tag, &i) && tag == 5, "payload of seq %llu damaged",
+                  (unsigned long long)*seq);
+    free(data);
+    return i;
+}
+
+/* Copies come back in place of their records, in append order, and only
+ * as many as the ring holds: a copy whose slot still holds an unread one
+ * is freed at once and its record read from disk.  After a restart every
+ * record is read back. */
+START_TEST(test_hot_copies)
+{
+    struct od_spool *s = hot_open(4, 1 << 20, 0);
+    struct od_spool_stats st;
+    uint64_t seq, seqs[6];
+    bool mem;
+
+    for (uint32_t i = 0; i < 6; i++)
+        ck_assert_int_eq(hot_append(s, i, &seqs[i]), 0);
+    /* seqs 5 and 6 map to the slots of 1 and 2, not yet handed out */
+    ck_assert_uint_eq(hot_freed_now(), 2);
+    for (uint32_t i = 0; i < 6; i++) {
+        ck_assert_uint_eq(hot_next(s, &seq, &mem), i);
+        ck_assert_uint_eq(seq, seqs[i]);
+        ck_assert_msg(mem == (i < 4), "record %u %s", i, mem ? "from memory" : "read back");
+        od_spool_complete(s, seq);
+    }
+    od_spool_stats(s, &st);
+    ck_assert_uint_eq(st.hot_hits, 4);
+    ck_assert_uint_eq(st.reads, 2);
+    sp_expect_empty(s);
+
+    /* the cursor has passed slots 1-4: new copies take them over */
+    ck_assert_int_eq(hot_append(s, 6, &seq), 0);
+    ck_assert_int_eq(hot_append(s, 7, &seq), 0);
+    ck_assert_uint_eq(hot_freed_now(), 2);
+    /* od_spool_next wants the bytes: the copy is freed, the record read */
+    ck_assert_uint_eq(sp_next(s, &seq), 6);
+    ck_assert_uint_eq(hot_freed_now(), 3);
+    od_spool_complete(s, seq);
+    /* a requeued record comes back from disk: its copy was handed out */
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 7);
+    ck_assert(mem);
+    od_spool_requeue(s, seq);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 7);
+    ck_assert(!mem);
+
+    /* close frees copies nobody took; a restart reads everything back */
+    ck_assert_int_eq(hot_append(s, 8, &seq), 0);
+    od_spool_close(s);
+    ck_assert_uint_eq(hot_freed_now(), 4);
+    s = hot_open(4, 1 << 20, 0);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 7);
+    ck_assert(!mem);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 8);
+    ck_assert(!mem);
+    od_spool_close(s);
+}
+END_TEST
+
+/* The byte budget bounds the copies too; a refused append frees its copy;
+ * asynchronous appends leave copies that are kept once durable. */
+START_TEST(test_hot_budget)
+{
+    unsigned char buf[512];
+    struct od_spool *s;
+    struct as_ctx c;
+    uint64_t seq;
+    size_t len0 = payload_make(buf, 5, 0), len1 = payload_make(buf, 5, 1);
+    bool mem;
+
+    /* room for the records of copies 0 and 1, not for 2 */
+    s = hot_open(64, len0 + len1, 0);
+    for (uint32_t i = 0; i < 3; i++)
+        ck_assert_int_eq(hot_append(s, i, &seq), 0);
+    ck_assert_uint_eq(hot_freed_now(), 1);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 0);
+    ck_assert(mem);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 1);
+    ck_assert(mem);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 2);
+    ck_assert(!mem);
+    /* handing out returned the budget */
+    ck_assert_int_eq(hot_append(s, 1, &seq), 0);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 1);
+    ck_assert(mem);
+    ck_assert_uint_eq(hot_freed_now(), 1);
+
+    /* asynchronous and deferred (records of 8 and 13 bytes: in the budget) */
+    memset(&c, 0, sizeof(c));
+    pthread_mutex_init(&c.mu, NULL);
+    for (uint32_t i = 0; i < 2; i++) {
+        size_t len = payload_make(buf, 5, i * 65);
+        unsigned char *copy = malloc(len);
+        struct as_arg *a = malloc(sizeof(*a));
+
+        ck_assert(copy != NULL && a != NULL);
+        memcpy(copy, buf, len);
+        *a = (struct as_arg){ .c = &c, .i = i };
+        ck_assert_int_eq(od_spool_append_async_obj(s, copy, len, hot_new(i * 65), i == 1, as_done,
+                                                   a, &seq), 0);
+    }
+    od_spool_flush(s);
+    ck_assert_uint_eq(as_total(&c), 2);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 0);
+    ck_assert(mem);
+    ck_assert_uint_eq(hot_next(s, &seq, &mem), 65);
+    ck_assert(mem);
+    ck_assert_uint_eq(hot_freed_now(), 1);
+    od_spool_close(s);
+    pthread_mutex_destroy(&c.mu);
+    rm_dir(spooldir);
+
+    /* full: the append fails and its copy is freed, not leaked */
+    s = hot_open(64, 1 << 20, 600);
+    while ((hot_append(s, 20, &seq)) == 0)
+        ;
+    ck_assert_uint_eq(hot_freed_now(), 1);
+    unsigned char *big = calloc(1, 300);
+    ck_assert_ptr_nonnull(big);
+    ck_assert_int_eq(od_spool_append_async_obj(s, big, 300, hot_new(21), 0, as_done, NULL, &seq),
+                     -ENOSPC);
+    ck_assert_uint_eq(hot_freed_now(), 2);
+    od_spool_close(s);
+}
+END_TEST
+
 START_TEST(test_lock)
 {
     struct od_spool *s = sp_open(0, 0, 0), *s2 = NULL;
@@ -1362,6 +1564,8 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, test_async_append);
     tcase_add_test(tc, test_deferred_flush);
     tcase_add_test(tc, test_zero_fill);
+    tcase_add_test(tc, test_hot_copies);
+    tcase_add_test(tc, test_hot_budget);
     suite_add_tcase(su, tc);
     return su;
 }

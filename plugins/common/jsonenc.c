@@ -227,6 +227,9 @@ jenc_real(struct jenc_buf *b, double v)
             len -= (size_t) (end - start);
         }
     }
+    /* 15 digits, as jansson writes: not every double comes back the same */
+    if (strtod(buf, NULL) != v)
+        b->lossy = 1;
     return jenc_put(b, buf, len);
 }
 
@@ -309,7 +312,7 @@ jenc_dump(struct jenc_buf *b, const json_t *v)
 char *
 jenc_dumps(const json_t *v, size_t *len)
 {
-    struct jenc_buf b = { NULL, 0, 0 };
+    struct jenc_buf b = { NULL, 0, 0, 0 };
 
     if (jenc_dump(&b, v) != 0) {
         free(b.p);

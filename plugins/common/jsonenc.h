@@ -22,6 +22,7 @@
 struct jenc_buf {
     char   *p;
     size_t  len, cap;
+    int     lossy;      /* set when a real was written that reads back as another number */
 };
 
 /* JENC_DUMP - append the text of v to b.

@@ -56,7 +56,7 @@ wh_attr(struct jenc_buf *b, const char *key, const char *val)
 char *
 wh_format_event(wh_format fmt, const char *source, const struct wh_event_in *ev)
 {
-    struct jenc_buf b = { NULL, 0, 0 };
+    struct jenc_buf b = { NULL, 0, 0, 0 };
     char now[96];
     const char *time = ev->time;
     int rc = 0;
