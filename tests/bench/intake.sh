@@ -9,7 +9,7 @@
 # Environment knobs (defaults in brackets):
 #   DURATION [15s]  CONNS [64]  WRK_THREADS [2]  WARMUP [3s]
 #   PIPELINE [shipped]  shipped: the shipped orderd.conf's orders pipeline
-#                       (validate, orders, sqlite, webhook to a local nginx 204)
+#                       (orders, sqlite, webhook to a local nginx 204)
 #                       processing while intake is measured;
 #                       intake: http -> durable spool only (no stages after)
 #   HTTP_THREADS [2]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
@@ -61,7 +61,7 @@ SCHEMA=$HERE/../../etc/orderd/order.schema.json
 if [ "$PIPELINE" = intake ]; then
     STAGES=""
 else
-    STAGES="transforms = ( { plugin = \"validate\"; schema = \"$SCHEMA\"; }, { plugin = \"orders\"; } );
+    STAGES="transforms = ( { plugin = \"orders\"; } );
     store = { plugin = \"sqlite\"; path = \"orders.db\"; synchronous = \"$SQLITE_SYNC\"; checkpoint_size = \"$CHECKPOINT\"; };
     publish = ( { plugin = \"webhook\"; format = \"cloudevents\"; source = \"/orderd/orders\";
                   subscribers = ( { name = \"bench\"; url = \"http://127.0.0.1:$HOOK_PORT/events\"; batch_max = 100; } ); } );"

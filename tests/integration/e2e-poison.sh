@@ -50,7 +50,7 @@ api POST /orders '{"id":"B10","id":"B11","customerId":"c","currency":"EUR","item
 check "duplicate JSON key: 400" [ "$API_STATUS" = 400 ]
 
 admin GET /api/status
-check "nothing reached the pipeline" [ "$(jq_body "$T/adm.body" '[s["in"] for s in j["pipelines"][0]["stages"]]')" = "[0, 0, 0, 0, 0]" ]
+check "nothing reached the pipeline" [ "$(jq_body "$T/adm.body" '[s["in"] for s in j["pipelines"][0]["stages"]]')" = "[0, 0, 0, 0]" ]
 check "nothing spooled" [ "$(jq_body "$T/adm.body" 'j["pipelines"][0]["spool"]["records"]')" = 0 ]
 check "nothing stored" [ "$(sql "SELECT (SELECT count(*) FROM snapshots) + (SELECT count(*) FROM events)")" -eq 0 ]
 check "nothing dead-lettered" [ "$(jq_body "$T/adm.body" 'j["pipelines"][0]["dead_letters"]')" = 0 ]
@@ -59,9 +59,12 @@ check "still healthy" [ "$API_STATUS" = 200 ]
 stop_orderd
 check "clean exit" [ "$ODRC" -eq 0 ]
 
-# --- the same pipeline without the edge schema: the validate stage must catch it
+# --- the same pipeline with the schema moved from the edge to a validate
+# stage (as for an input that does not check): that stage must catch it
 sed -i '/schema = "order.schema.json";         # validated at the edge/d' "$ETC/orderd.conf"
-check "variant has only the validate stage's schema" [ "$(grep -c 'schema = "order.schema.json"' "$ETC/orderd.conf")" -eq 1 ]
+sed -i 's|^      { plugin = "orders"; }|      { plugin = "validate"; schema = "order.schema.json"; },\n&|' "$ETC/orderd.conf"
+check "variant has only the validate stage's schema" [ "$(grep -c '^ *[^ #].*schema = "order.schema.json"' "$ETC/orderd.conf")" -eq 1 ]
+check "... and a validate stage" grep -q '^      { plugin = "validate"; schema = "order.schema.json"; },$' "$ETC/orderd.conf" 
 e2e_start run2 || finish
 api POST /orders "$(order_json G1)"; s=$API_STATUS
 api POST /orders '{"id":"V1","customerId":"c","currency":"EUR","items":[{"sku":"s","qty":0,"price":1}]}'; s="$s $API_STATUS"
