@@ -610,6 +610,60 @@ START_TEST(test_store_lookup)
 }
 END_TEST
 
+/* A lookup keeps its read transaction between lookups and still sees
+ * every batch committed before it: with one lookup connection, each order
+ * is looked up before its batch (absent, which opens the transaction) and
+ * after it (found).  The idle connection's transaction is ended before
+ * each COMMIT, so checkpoints complete and the log starts over: with
+ * checkpoint_size 64KiB it stays small over 2,000 events (held back by
+ * the reader it would grow past 1MiB). */
+START_TEST(test_store_lookup_sees_commits)
+{
+    struct th_stage *s = store_new("rtx.db", "lookup_connections = 1; checkpoint_size = \"64KiB\";");
+    char             evid[32], order[32], wal[1024];
+    orderd_msg      *m[50];
+    orderd_result    out[50];
+    json_t          *doc;
+    struct stat      st;
+
+    for (int b = 0; b < 40; b++) {
+        for (int i = 0; i < 50; i++) {
+            snprintf(order, sizeof(order), "rtx-%d-%d", b, i);
+            snprintf(evid, sizeof(evid), "evt-%d-%d", b, i);
+            doc = NULL;
+            ck_assert_int_eq(th_lookup(s, order, &doc), -ENOENT);
+            m[i] = event_msg(order, evid, "OrderCreated", 1, "created");
+        }
+        ck_assert_int_eq(th_process_batch(s, m, 50, out), 0);
+        for (int i = 0; i < 50; i++) {
+            ck_assert_int_eq(out[i].outcome, ORDERD_OK);
+            th_msg_free(m[i]);
+            snprintf(order, sizeof(order), "rtx-%d-%d", b, i);
+            ck_assert_msg(th_lookup(s, order, &doc) == 0, "%s not found after its commit", order);
+            ck_assert_str_eq(json_string_value(json_object_get(doc, "status")), "created");
+            json_decref(doc);
+        }
+        /* and a second event for an order of the batch before */
+        if (b > 0) {
+            snprintf(order, sizeof(order), "rtx-%d-0", b - 1);
+            snprintf(evid, sizeof(evid), "evt-%d-0-paid", b - 1);
+            m[0] = event_msg(order, evid, "OrderPaid", 2, "paid");
+            ck_assert_int_eq(th_process_batch(s, m, 1, out), 0);
+            ck_assert_int_eq(out[0].outcome, ORDERD_OK);
+            th_msg_free(m[0]);
+            ck_assert_int_eq(th_lookup(s, order, &doc), 0);
+            ck_assert_str_eq(json_string_value(json_object_get(doc, "status")), "paid");
+            json_decref(doc);
+        }
+    }
+    snprintf(wal, sizeof(wal), "%s-wal", db_path("rtx.db"));
+    ck_assert_int_eq(stat(wal, &st), 0);
+    ck_assert_msg(st.st_size < 512 * 1024, "log of %lld bytes: checkpoints held back",
+                  (long long) st.st_size);
+    th_stage_free(s);
+}
+END_TEST
+
 START_TEST(test_store_plain_document)
 {
     struct th_stage *s = store_new("doc.db", NULL);
@@ -1242,6 +1296,7 @@ sqlite_suite(void)
     tcase_add_test(tc, test_store_older_version_keeps_snapshot);
     tcase_add_test(tc, test_store_rejects_bad_message_only);
     tcase_add_test(tc, test_store_lookup);
+    tcase_add_test(tc, test_store_lookup_sees_commits);
     tcase_add_test(tc, test_store_plain_document);
     tcase_add_test(tc, test_store_constraint_rejects_one);
     tcase_add_test(tc, test_store_busy_retries_batch);

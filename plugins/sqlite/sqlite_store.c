@@ -13,9 +13,22 @@
  * file anyway); lookups come from many worker threads at once and use a
  * small pool of read-only connections, which WAL lets read while the writer
  * commits.
+ *
+ * Read transactions.  A lookup of its own begins and ends a read
+ * transaction: a few locking system calls, as much as the search itself.
+ * So a reader keeps its transaction open from one lookup to the next while
+ * the store has committed nothing since it began (s->commits, raised after
+ * every COMMIT): a lookup then sees exactly what a new transaction would.
+ * A message's lookups follow the commit of the one before it for the same
+ * order (the pipeline keeps an order's messages in turn), so they never
+ * miss it.  Before each COMMIT the idle readers' transactions are ended,
+ * so that the checkpoint running inside it is held back no more than by
+ * lookups under way, and the log can start over.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +43,9 @@ struct sqs_reader {
     sqlite3_stmt *snapshot;
     sqlite3_stmt *event;            /* "event:<id>": every stream searched */
     sqlite3_stmt *stream_event;     /* "event:<stream>/<id>": the index */
+    sqlite3_stmt *begin, *end;      /* BEGIN / COMMIT of its read transaction */
+    bool          open;             /* a read transaction is open */
+    uint64_t      commits;          /* s->commits when it began */
 };
 
 struct sqs {
@@ -54,6 +70,7 @@ struct sqs {
     size_t               nidle;
     size_t               nreaders;  /* open, idle or in use */
     size_t               max_readers;
+    _Atomic uint64_t     commits;   /* COMMITs of wdb so far (see "Read transactions") */
 };
 
 /* One message, checked and encoded before anything touches the database. */
@@ -96,9 +113,24 @@ sqs_str(const json_t *o, const char *key)
 
 static void sqs_destroy(void *state);
 
+/* End r's read transaction, if one is open. */
+static void
+sqs_reader_end(struct sqs_reader *r)
+{
+    if (!r->open)
+        return;
+    sqlite3_step(r->end);
+    sqlite3_reset(r->end);
+    r->open = false;
+}
+
 static void
 sqs_reader_close(struct sqs_reader *r)
 {
+    if (r->end != NULL)
+        sqs_reader_end(r);
+    sqlite3_finalize(r->begin);
+    sqlite3_finalize(r->end);
     sqlite3_finalize(r->snapshot);
     sqlite3_finalize(r->event);
     sqlite3_finalize(r->stream_event);
@@ -128,6 +160,12 @@ sqs_reader_open(struct sqs *s, struct sqs_reader **out)
         goto fail;
     ret = sq_prepare(s->inst, s->h, r->db,
                      "SELECT body FROM events WHERE stream = ?1 AND id = ?2", &r->stream_event);
+    if (ret < 0)
+        goto fail;
+    ret = sq_prepare(s->inst, s->h, r->db, "BEGIN", &r->begin);
+    if (ret < 0)
+        goto fail;
+    ret = sq_prepare(s->inst, s->h, r->db, "COMMIT", &r->end);
     if (ret < 0)
         goto fail;
     *out = r;
@@ -166,6 +204,16 @@ sqs_reader_get(struct sqs *s, struct sqs_reader **out)
     return ret;
 }
 
+/* End the read transactions of the idle readers (see "Read transactions"). */
+static void
+sqs_readers_end_idle(struct sqs *s)
+{
+    pthread_mutex_lock(&s->rlock);
+    for (size_t i = 0; i < s->nidle; i++)
+        sqs_reader_end(s->idle[i]);
+    pthread_mutex_unlock(&s->rlock);
+}
+
 static void
 sqs_reader_put(struct sqs *s, struct sqs_reader *r)
 {
@@ -189,6 +237,18 @@ sqs_lookup(void *state, const char *key, json_t **out)
     ret = sqs_reader_get(s, &r);
     if (ret < 0)
         return ret;
+    /* The same read transaction while nothing was committed since it began;
+     * the count is read before the new one's snapshot is taken (at its first
+     * step), so that snapshot holds every COMMIT counted. */
+    uint64_t commits = atomic_load_explicit(&s->commits, memory_order_acquire);
+    if (r->open && r->commits != commits)
+        sqs_reader_end(r);
+    if (!r->open) {
+        rc = sqlite3_step(r->begin);
+        sqlite3_reset(r->begin);
+        r->open = rc == SQLITE_DONE;
+        r->commits = commits;
+    }
     st = r->snapshot;
     if (strncmp(key, "event:", 6) == 0) {
         const char *slash = strrchr(key + 6, '/');
@@ -221,9 +281,10 @@ sqs_lookup(void *state, const char *key, json_t **out)
                   sqlite3_errmsg(r->db));
         ret = sq_errno(rc) ? sq_errno(rc) : -EIO;
     }
-    /* reset ends the read transaction, so the next lookup sees newer commits */
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    if (ret < 0 && ret != -ENOENT)
+        sqs_reader_end(r);     /* the next lookup starts afresh */
     sqs_reader_put(s, r);
     return ret;
 }
@@ -527,7 +588,9 @@ sqs_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result 
     if (rc != SQLITE_OK)
         goto abort;
 
+    sqs_readers_end_idle(s);
     rc = sq_exec(s->wdb, "COMMIT");
+    atomic_fetch_add_explicit(&s->commits, 1, memory_order_release);
     if (rc != SQLITE_OK)
         goto abort;
     {
