@@ -152,6 +152,7 @@ START_TEST(test_store_appends_events)
     ck_assert_int_eq(out[0].outcome, ORDERD_OK);
     ck_assert_int_eq(out[1].outcome, ORDERD_OK);
     ck_assert_double_eq(th_metric(s, "sqlite_events_inserted"), 2);
+    ck_assert_double_eq(th_metric(s, "sqlite_commits"), 1);     /* one batch, one commit */
 
     db = db_open("append.db");
     ck_assert_int_eq(db_int(db, "SELECT COUNT(*) FROM events WHERE stream = 'ord-1001'"), 2);

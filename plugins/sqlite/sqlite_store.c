@@ -601,6 +601,7 @@ sqs_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result 
     }
     pthread_mutex_unlock(&s->wlock);
 
+    h->metric_add(s->inst, "sqlite_commits", 1);
     if (cnt.inserted > 0)
         h->metric_add(s->inst, "sqlite_events_inserted", cnt.inserted);
     if (cnt.dups > 0)

@@ -121,6 +121,7 @@ else
     echo "END-TO-END: not finished within $LIMIT s (stored $(w snapshots), delivered $(w delivered) of $M)"
 fi
 echo "peak spool backlog: $(w peak_spool) records; peak in flight (orders pipeline): $(w peak_in_flight)"
+echo "sqlite batches committed: $($U metric "$METRICS" orderd_plugin_sqlite_commits) for $M orders"
 echo "spool records handed over from memory: $($U metric "$METRICS" orderd_spool_memory_hits_total); read back from disk: $($U metric "$METRICS" orderd_spool_reads_total)"
 awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v n="$M" 'BEGIN {
     printf "orderd CPU (user+system) until everything was stored and delivered: %.1f s, %.0f us per order\n", t / hz, 1e6 * t / hz / n }'
