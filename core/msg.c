@@ -163,6 +163,21 @@ static int msg_set_body_text(orderd_msg *m, const char *text, size_t len)
     return 0;
 }
 
+/* ABI 1.5: msg_set_body() with the text msg_body_text() would make of it. */
+static int msg_set_body_encoded(orderd_msg *m, json_t *body, const char *text, size_t len)
+{
+    char *copy = text != NULL ? malloc(len + 1) : NULL;
+
+    msg_set_body(m, body);
+    if (copy == NULL)
+        return text != NULL ? -ENOMEM : 0;
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    m->body_text = copy;
+    m->body_text_len = len;
+    return 0;
+}
+
 static const char *msg_body_text(orderd_msg *m, size_t *len)
 {
     if (m->body_text == NULL)
@@ -377,14 +392,13 @@ static int msg_put_int(struct jenc_buf *b, const char *key, int64_t v)
            jenc_put(b, p, (size_t)(e - p));
 }
 
-char *od_msg_record(const orderd_msg *m, size_t *len)
-{
-    return od_msg_record_exact(m, len, NULL);
-}
-
-char *od_msg_record_exact(const orderd_msg *m, size_t *len, bool *exact)
+/* od_msg_record(); *exact as od_msg_record_exact() says, and the body's
+ * bytes at *body_off (*body_len of them) when it says yes. */
+static char *msg_record(const orderd_msg *m, size_t *len, bool *exact, size_t *body_off,
+                        size_t *body_len)
 {
     struct jenc_buf b = { NULL, 0, 0, 0 };
+    size_t boff = 0;
     bool plain = msg_utf8(m->id) && (m->content_type == NULL || msg_utf8(m->content_type)) &&
                  (m->partition_key == NULL || msg_utf8(m->partition_key));
     int rc;
@@ -402,9 +416,12 @@ char *od_msg_record_exact(const orderd_msg *m, size_t *len, bool *exact)
         return text;
     }
     rc = jenc_put(&b, "{\"id\":", 6) || jenc_string(&b, m->id, strlen(m->id)) ||
-         jenc_put(&b, ",\"body\":", 8) ||
-         (m->body_text ? jenc_put(&b, m->body_text, m->body_text_len) : jenc_dump(&b, m->body)) ||
-         jenc_put(&b, ",\"properties\":{", 15);
+         jenc_put(&b, ",\"body\":", 8);
+    boff = b.len;
+    rc = rc || (m->body_text ? jenc_put(&b, m->body_text, m->body_text_len) : jenc_dump(&b, m->body));
+    *body_off = boff;
+    *body_len = b.len - boff;
+    rc = rc || jenc_put(&b, ",\"properties\":{", 15);
     for (size_t i = 0; rc == 0 && i < m->nprops; i++)
         rc = (i > 0 && jenc_put(&b, ",", 1)) ||
              jenc_string(&b, m->props[i].key, strlen(m->props[i].key)) || jenc_put(&b, ":", 1) ||
@@ -424,6 +441,30 @@ char *od_msg_record_exact(const orderd_msg *m, size_t *len, bool *exact)
         *exact = !b.lossy && !(m->body_text != NULL && m->body != NULL);
     *len = b.len;
     return b.p;
+}
+
+char *od_msg_record(const orderd_msg *m, size_t *len)
+{
+    size_t off, blen;
+
+    return msg_record(m, len, NULL, &off, &blen);
+}
+
+char *od_msg_record_exact(orderd_msg *m, size_t *len, bool *exact)
+{
+    size_t off = 0, blen = 0;
+    char *text = msg_record(m, len, exact, &off, &blen);
+    char *copy;
+
+    /* The body's bytes are its msg_body_text(): keep them, for the stages
+     * that would encode the body again (a copy costs less than that). */
+    if (text != NULL && *exact && m->body_text == NULL && (copy = malloc(blen + 1)) != NULL) {
+        memcpy(copy, text + off, blen);
+        copy[blen] = '\0';
+        m->body_text = copy;
+        m->body_text_len = blen;
+    }
+    return text;
 }
 
 orderd_msg *od_msg_from_json(const json_t *j)
@@ -488,4 +529,5 @@ const orderd_host od_msg_host_part = {
     .msg_body_text = msg_body_text,
     .msg_body_peek = msg_body_peek,
     .msg_set_body_text = msg_set_body_text,
+    .msg_set_body_encoded = msg_set_body_encoded,
 };

@@ -68,8 +68,9 @@ json_t     *od_msg_to_json(const orderd_msg *m);
 char       *od_msg_record(const orderd_msg *m, size_t *len);
 /* The same; *exact says whether od_msg_from_json() of the record gives m
  * back as it is (false when jansson's rules left something out, or a real
- * number does not survive its 15 digits). */
-char       *od_msg_record_exact(const orderd_msg *m, size_t *len, bool *exact);
+ * number does not survive its 15 digits).  When it does, the body's part
+ * of the record is kept as m's msg_body_text(). */
+char       *od_msg_record_exact(orderd_msg *m, size_t *len, bool *exact);
 orderd_msg *od_msg_from_json(const json_t *j);
 
 #endif

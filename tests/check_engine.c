@@ -292,7 +292,7 @@ static bool record_exact(orderd_msg *m)
     if (m->body != NULL)
         record_same(m);
     if (exact)
-        ck_assert_msg(json_equal(od_host_table()->msg_body(m2), od_host_table()->msg_body(m)),
+        ck_assert_msg(json_equal(od_host_table()->msg_body_peek(m2), od_host_table()->msg_body_peek(m)),
                       "said exact, but the body read back differs");
     od_msg_free(m2);
     json_decref(back);
@@ -308,6 +308,12 @@ START_TEST(spool_record_exact)
 
     ck_assert_int_eq(h->msg_set_prop(m, "command", "create"), 0);
     ck_assert(record_exact(m));
+    /* said exact: the body's part of the record is kept as its text */
+    char *canon = json_dumps(m->body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    ck_assert_ptr_nonnull(m->body_text);
+    ck_assert_str_eq(m->body_text, canon);
+    ck_assert_uint_eq(m->body_text_len, strlen(canon));
+    free(canon);
     h->msg_set_body(m, json_pack("{s:f}", "p", 0.1 + 0.2));   /* 0.30000000000000004 */
     ck_assert(!record_exact(m));
     h->msg_set_body(m, json_pack("{s:f}", "p", 1.0 / 3.0));
@@ -320,6 +326,28 @@ START_TEST(spool_record_exact)
     ck_assert(record_exact(m));                                /* the text alone travels */
     ck_assert_int_eq(h->msg_set_prop(m, "bad", "\xff\xfe"), 0);
     ck_assert(!record_exact(m));
+    od_msg_free(m);
+}
+END_TEST
+
+/* msg_set_body_encoded (ABI 1.5): the tree, and the text given with it as
+ * its msg_body_text until the tree is handed out for changing. */
+START_TEST(body_set_with_its_text)
+{
+    const orderd_host *h = od_host_table();
+    orderd_msg *m = od_msg_new(json_pack("{s:i}", "old", 1));
+    size_t len = 0;
+
+    ck_assert(ORDERD_HOST_HAS(h, msg_set_body_encoded));
+    ck_assert_int_eq(h->msg_set_body_encoded(m, json_pack("{s:s}", "k", "v"), "{\"k\":\"v\"}", 9), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(h->msg_body_peek(m), "k")), "v");
+    ck_assert_str_eq(h->msg_body_text(m, &len), "{\"k\":\"v\"}");
+    ck_assert_uint_eq(len, 9);
+    json_object_set_new(h->msg_body(m), "k", json_string("w"));   /* handed out: text dropped */
+    ck_assert_str_eq(h->msg_body_text(m, &len), "{\"k\":\"w\"}");
+    /* without a text it is msg_set_body */
+    ck_assert_int_eq(h->msg_set_body_encoded(m, json_pack("[i]", 2), NULL, 0), 0);
+    ck_assert_str_eq(h->msg_body_text(m, NULL), "[2]");
     od_msg_free(m);
 }
 END_TEST
@@ -685,6 +713,7 @@ int main(void)
     tcase_add_test(tc, body_set_as_text_decoded_only_when_asked);
     tcase_add_test(tc, spool_record_matches_the_envelope);
     tcase_add_test(tc, spool_record_exact);
+    tcase_add_test(tc, body_set_with_its_text);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -35,6 +35,23 @@ static void expected_event_id(const char *oid, const char *cid, char out[37])
     snprintf(out, 37, "evt-%016" PRIx64 "%016" PRIx64, h[0], h[1]);
 }
 
+/* An event's text (msg_body_text) is what jansson writes of its tree, byte
+ * for byte, whether the stage put it together from the command's text or
+ * not.  Reads the tree with msg_body_peek, which keeps the text. */
+static void check_text(orderd_msg *m)
+{
+    const orderd_host *h = th_host();
+    size_t len = 0;
+    const char *text = h->msg_body_text(m, &len);
+    char *want = json_dumps(h->msg_body_peek(m), JSON_COMPACT | JSON_REAL_PRECISION(15));
+
+    ck_assert_ptr_nonnull(text);
+    ck_assert_ptr_nonnull(want);
+    ck_assert_str_eq(text, want);
+    ck_assert_uint_eq(len, strlen(want));
+    free(want);
+}
+
 /* Run one command through the stage; the caller frees the message. */
 static orderd_msg *command(struct th_stage *s, const char *cmd, const char *oid, const char *cmd_id,
                            const char *body, orderd_outcome want)
@@ -51,6 +68,8 @@ static orderd_msg *command(struct th_stage *s, const char *cmd, const char *oid,
     o = th_process(s, m);
     ck_assert_msg(o == want, "%s %s: outcome %d, want %d (%s)", cmd ? cmd : "create", oid ? oid : "-",
                   o, want, h->msg_reason(m) ? h->msg_reason(m) : "");
+    if (o == ORDERD_OK)
+        check_text(m);
     return m;
 }
 
@@ -160,6 +179,71 @@ START_TEST(test_lifecycle)
     ck_assert_ptr_nonnull(json_object_get(json_object_get(snap, "delivery"), "at"));
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(snap, "totals"), "itemCount")), 3);
     ck_assert_double_eq(th_metric(s, "events"), 4);
+    th_msg_free(m);
+    th_stage_free(s);
+}
+END_TEST
+
+/* The event's text is put together from the command's text when that is
+ * there (as the spool keeps it): "data" is that text, and the snapshot
+ * that text with the added members after it.  It must read as the tree:
+ * check_text() compares it with jansson's writing for these bodies, and
+ * for bodies whose members the snapshot replaces (then it is encoded). */
+START_TEST(test_event_text)
+{
+    static const char *bodies[] = {
+        "{\"id\":\"o-t1\",\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"s\",\"qty\":2,\"price\":19.99}]}",
+        /* escapes, non-ASCII, numbers jansson writes in its own ways */
+        "{\"id\":\"o-t2\",\"note\":\"caf\\u00e9 \\\"q\\\" \\n\\t\\u0001 \xe2\x82\xac\",\"n\":-0,\"big\":9007199254740993,"
+        "\"r\":[1e-7,123456789012.5,0.30000000000000004,-2.5e+300,1.0],\"nested\":{\"a\":[[],{}],\"b\":null,\"c\":true}}",
+        /* members the snapshot sets already there: encoded, not put together */
+        "{\"id\":\"o-t3\",\"status\":\"mine\",\"items\":[]}",
+        "{\"id\":\"o-t4\",\"version\":7,\"totals\":{\"x\":1}}",
+        /* no id in the body (the order id comes as a property): appended */
+        "{\"customerId\":\"c\",\"items\":[{\"qty\":1,\"price\":3}]}",
+        "{}",
+    };
+    static const char *oids[] = { "o-t1", "o-t2", "o-t3", "o-t4", "o-t5", "o-t6" };
+    const orderd_host *h = th_host();
+    struct th_stage *s = th_stage_new("orders", ORDERD_TRANSFORM, "");
+    char cid[32];
+
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        for (int given = 0; given < 2; given++) {
+            orderd_msg *m = th_msg(bodies[i]);
+            char *canon = json_dumps(h->msg_body_peek(m), JSON_COMPACT | JSON_REAL_PRECISION(15));
+
+            /* with the command's text set (as the spool's record gives it),
+             * and without (the stage asks for it) */
+            if (given)
+                ck_assert_int_eq(h->msg_set_body_text(m, canon, strlen(canon)), 0);
+            ck_assert_int_eq(h->msg_set_prop(m, "order_id", oids[i]), 0);
+            snprintf(cid, sizeof(cid), "cmd-t%zu-%d", i, given);
+            ck_assert_int_eq(h->msg_set_id(m, cid), 0);
+            ck_assert_int_eq(th_process(s, m), ORDERD_OK);
+            check_text(m);
+            ck_assert_str_eq(json_string_value(json_object_get(json_object_get(h->msg_body_peek(m),
+                                                                               "snapshot"), "id")), oids[i]);
+            free(canon);
+            th_msg_free(m);
+        }
+    }
+
+    /* a text set as given (spaces) stays as given inside the event's text */
+    orderd_msg *m = th_msg("{}");
+    const char *given = "{ \"id\" : \"o-t7\", \"items\" : [ ] }";
+    size_t len = 0;
+    json_t *back;
+
+    ck_assert_int_eq(h->msg_set_body_text(m, given, strlen(given)), 0);
+    ck_assert_int_eq(h->msg_set_id(m, "cmd-t7"), 0);
+    ck_assert_int_eq(th_process(s, m), ORDERD_OK);
+    const char *text = h->msg_body_text(m, &len);
+    ck_assert_ptr_nonnull(strstr(text, "\"data\":{ \"id\" : \"o-t7\", \"items\" : [ ] },"));
+    back = json_loadb(text, len, 0, NULL);
+    ck_assert_ptr_nonnull(back);
+    ck_assert(json_equal(back, h->msg_body_peek(m)));
+    json_decref(back);
     th_msg_free(m);
     th_stage_free(s);
 }
@@ -295,6 +379,7 @@ int main(void)
     tcase_add_checked_fixture(tc, NULL, th_cleanup);
     tcase_add_test(tc, test_lifecycle);
     tcase_add_test(tc, test_rejects);
+    tcase_add_test(tc, test_event_text);
     tcase_add_test(tc, test_deterministic_id);
     tcase_add_test(tc, test_redelivery_reemits);
     tcase_add_test(tc, test_custom_transitions);

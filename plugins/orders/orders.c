@@ -29,6 +29,16 @@
  *   pay -> "payment", ship -> "shipment", deliver -> "delivery",
  *   cancel -> "cancellation" (e.g. {"reason": "...", "at": "..."}).
  *
+ * Text.  The store and the publishers after this stage need the event as
+ * JSON text, and "data" and "snapshot" hold the command's body twice over.
+ * When the command's body comes with its text (msg_body_text, kept from
+ * the spool record), the event's text is put together from it: "data" is
+ * that text as it is, and "snapshot", when it begins with the body's own
+ * members unchanged (a create), is that text with the members added here
+ * written after them.  It is handed over with the tree
+ * (msg_set_body_encoded, ABI 1.5), so nobody encodes the tree: the bytes
+ * are those the encoder would write (check_orders compares them).
+ *
  * Poison messages (unknown command, missing order, order exists, forbidden
  * transition, no order id) are REJECTed so they are dead-lettered; failed
  * store lookups are RETRYed.
@@ -48,6 +58,8 @@
 #include <time.h>
 
 #include <orderd/plugin.h>
+
+#include "../common/jsonenc.h"
 
 #define ORD_MAX_FROM 32
 
@@ -313,8 +325,10 @@ static int ord_has_from(const struct ord_trans *t, const char *status)
     return 0;
 }
 
-/* Set the message to be `event`: id, properties and partition key follow it. */
-static orderd_outcome ord_emit(struct ord_state *st, orderd_msg *m, json_t *event)
+/* Set the message to be `event`: id, properties and partition key follow it.
+ * text, if not NULL, is the event's JSON text (see "Text" above). */
+static orderd_outcome ord_emit(struct ord_state *st, orderd_msg *m, json_t *event, const char *text,
+                               size_t text_len)
 {
     const orderd_host *h = st->host;
     const char *id = json_string_value(json_object_get(event, "id"));
@@ -333,8 +347,84 @@ static orderd_outcome ord_emit(struct ord_state *st, orderd_msg *m, json_t *even
         json_decref(event);
         return h->retry(m, 0, "out of memory");
     }
-    h->msg_set_body(m, event);
+    if (text != NULL && ORDERD_HOST_HAS(h, msg_set_body_encoded))
+        h->msg_set_body_encoded(m, event, text, text_len);   /* -ENOMEM: set without it */
+    else
+        h->msg_set_body(m, event);
     return ORDERD_OK;
+}
+
+/* Does snap begin with body's members, unchanged?  The snapshot of a create
+ * is a shallow copy of the body with members added after them, and the
+ * order id set again (to the same string). */
+static int ord_snap_extends(const json_t *snap, const json_t *body)
+{
+    void *si = json_object_iter((json_t *)snap), *bi = json_object_iter((json_t *)body);
+
+    for (; bi != NULL; bi = json_object_iter_next((json_t *)body, bi),
+                       si = json_object_iter_next((json_t *)snap, si)) {
+        const json_t *sv, *bv = json_object_iter_value(bi);
+
+        if (si == NULL || strcmp(json_object_iter_key(si), json_object_iter_key(bi)) != 0)
+            return 0;
+        sv = json_object_iter_value(si);
+        if (sv != bv && !(json_is_string(sv) && json_equal(sv, bv)))
+            return 0;
+    }
+    return 1;
+}
+
+/* The event's text, put together from the body's text btxt (blen bytes,
+ * the encoding of body) instead of encoding the event's tree: the members
+ * in the event's order, "data" (which is body) as btxt, "snapshot" as btxt
+ * followed by the members it adds when it extends body, every other value
+ * encoded.  RETURNS: malloc'd text of *len bytes, or NULL (then the store
+ * encodes the tree as before). */
+static char *ord_event_text(const json_t *event, const json_t *body, const char *btxt, size_t blen,
+                            size_t *len)
+{
+    struct jenc_buf b = { NULL, 0, 0, 0 };
+    const char *key;
+    json_t *v;
+    int rc, first = 1;
+
+    if (blen < 2 || btxt[0] != '{' || btxt[blen - 1] != '}' || !json_is_object(body))
+        return NULL;
+    rc = jenc_reserve(&b, 2 * blen + 256) || jenc_put(&b, "{", 1);
+    json_object_foreach((json_t *)event, key, v) {
+        rc = rc || (!first && jenc_put(&b, ",", 1)) || jenc_string(&b, key, strlen(key)) ||
+             jenc_put(&b, ":", 1);
+        first = 0;
+        if (rc)
+            break;
+        if (v == body) {
+            rc = jenc_put(&b, btxt, blen);
+        } else if (strcmp(key, "snapshot") == 0 && json_is_object(v) && ord_snap_extends(v, body)) {
+            size_t skip = json_object_size(body), i = 0;
+            int empty = blen == 2;
+            const char *k2;
+            json_t *v2;
+
+            rc = jenc_put(&b, btxt, blen - 1);
+            json_object_foreach(v, k2, v2) {
+                if (i++ < skip)
+                    continue;
+                rc = rc || (!empty && jenc_put(&b, ",", 1)) || jenc_string(&b, k2, strlen(k2)) ||
+                     jenc_put(&b, ":", 1) || jenc_dump(&b, v2);
+                empty = 0;
+            }
+            rc = rc || jenc_put(&b, "}", 1);
+        } else {
+            rc = jenc_dump(&b, v);
+        }
+    }
+    rc = rc || jenc_put(&b, "}", 1);
+    if (rc != 0) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
 }
 
 /* Lookup with the -ENOTSUP case (no store configured) treated as "absent",
@@ -384,9 +474,14 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
     const char *cmd_id = h->msg_id(m);
     const char *status = NULL;
     const struct ord_trans *t = NULL, *create_t = NULL;
-    json_t *body = h->msg_body(m), *snap = NULL, *stored = NULL, *event = NULL, *data;
+    /* Read, not changed: the tree stays the body until ord_emit() replaces
+     * it, and the text that came with it is kept (see "Text" above). */
+    int peek = ORDERD_HOST_HAS(h, msg_body_peek) && ORDERD_HOST_HAS(h, msg_set_body_encoded);
+    json_t *body = peek ? (json_t *)h->msg_body_peek(m) : h->msg_body(m);
+    json_t *snap = NULL, *stored = NULL, *event = NULL, *data;
     json_int_t version = 0;
-    char evt_id[37], now[32], *key;
+    char evt_id[37], now[32], *key, *text = NULL;
+    size_t text_len = 0;
     orderd_outcome out;
     size_t i;
     int rc, known = 0;
@@ -429,7 +524,7 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
         free(key);
         if (rc == 0) {
             h->metric_add(st->inst, "redelivered", 1);
-            out = ord_emit(st, m, stored);
+            out = ord_emit(st, m, stored, NULL, 0);
             goto done;
         }
         if (rc != -ENOENT) {
@@ -500,7 +595,15 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
         goto done;
     }
     h->metric_add(st->inst, "events", 1);
-    out = ord_emit(st, m, event);
+    if (peek && body != NULL) {
+        size_t blen = 0;
+        const char *btxt = h->msg_body_text(m, &blen);
+
+        if (btxt != NULL)
+            text = ord_event_text(event, body, btxt, blen, &text_len);
+    }
+    out = ord_emit(st, m, event, text, text_len);
+    free(text);
 
 done:
     json_decref(snap);

@@ -29,6 +29,9 @@
  *        made once per message and shared by the stages that need it.
  *   1.4  host->msg_set_body_text(): an input that holds JSON text hands it
  *        over as text; no tree is built unless a stage asks for one.
+ *   1.5  host->msg_set_body_encoded(): a stage that builds a body out of
+ *        parts it already has as text sets the tree and that text together,
+ *        so nobody encodes the tree again.
  *
  * Ownership, in one rule: the host owns every orderd_msg; a plugin borrows
  * it for the duration of a callback (or, for PENDING, until it calls
@@ -48,7 +51,7 @@ extern "C" {
 #endif
 
 #define ORDERD_ABI_MAJOR 1u
-#define ORDERD_ABI_MINOR 4u
+#define ORDERD_ABI_MINOR 5u
 
 /* Name of the one symbol a plugin exports. */
 #define ORDERD_PLUGIN_SYMBOL "orderd_plugin_v1"
@@ -346,7 +349,19 @@ typedef struct orderd_host {
      * RETURNS: 0, -EINVAL (not JSON: the body is unchanged), or -ENOMEM. */
     int (*msg_set_body_text)(orderd_msg *m, const char *text, size_t len);
 
-    /* ABI 1.5+ members go below this line only. */
+    /* ---- ABI 1.5 (test with ORDERD_HOST_HAS(host, msg_set_body_encoded)) ---- */
+
+    /* MSG_SET_BODY_ENCODED - msg_set_body(m, body), with text (len bytes)
+     * as the body's msg_body_text(): it must be exactly the text that
+     * msg_body_text() would make of body (compact, members in the tree's
+     * order, reals with 15 significant digits), except that a part copied
+     * from a text set with msg_set_body_text() stays as given there.  The
+     * text is not checked against the tree; it is copied.  body is stolen,
+     * also on failure.
+     * RETURNS: 0, or -ENOMEM (the body is set, without the text). */
+    int (*msg_set_body_encoded)(orderd_msg *m, json_t *body, const char *text, size_t len);
+
+    /* ABI 1.6+ members go below this line only. */
 } orderd_host;
 
 /* Does the running host provide this orderd_host member?  For members added
