@@ -554,6 +554,11 @@ static void run_stage(struct od_pipe *p, struct orderd_inst *st, orderd_msg **ms
 static void process_batch(struct od_pipe *p, orderd_msg **batch, size_t n,
                           orderd_msg **sub, size_t *at, orderd_result *res)
 {
+    if (p->nstages == 0) {
+        /* An input (with its spool) alone: what it accepts is done. */
+        finish_ok_many(p, batch, n);
+        return;
+    }
     for (size_t s = 0; s < p->nstages; s++) {
         struct orderd_inst *st = &p->stages[s];
         bool last = s + 1 == p->nstages;

@@ -94,7 +94,10 @@
  * copy finds no room when its slot holds an older record not yet handed
  * out, so in a backlog longer than the ring the records are read from disk
  * as before and memory stays bounded.  A slot whose record the cursor has
- * passed (handed out some other way) is taken over.
+ * passed (handed out some other way) is taken over.  Room is looked for
+ * when the record is queued, and a copy without it is freed there, by the
+ * thread that made it: freed by the leader instead, a backlog's copies
+ * cost the allocator more than the records' reading saved.
  *
  * LOCKING.  One mutex guards the index, queue and counters; file writes,
  * fdatasync and payload reads run without it.  Only the leader writes to a
@@ -269,10 +272,39 @@ struct od_spool {
 /* Read-ahead window: about a hundred typical order records. */
 #define SPOOL_RA_BYTES    (64u * 1024u)
 
-/* ---- CRC32C (Castagnoli), slicing by 8 ---- */
+/* ---- CRC32C (Castagnoli): the SSE4.2 instruction, else slicing by 8 ---- */
 
 static uint32_t crc_tab[8][256];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+static bool crc_hw;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <nmmintrin.h>
+
+/* The crc32 instruction computes CRC32C itself, eight bytes a step: a few
+ * times the table's speed, and every record is summed when written and
+ * again when read. */
+__attribute__((target("sse4.2")))
+static uint32_t spool_crc32c_hw(const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    uint64_t crc = 0xffffffffu;
+    uint32_t c;
+
+    while (len >= 8) {
+        uint64_t v;
+
+        memcpy(&v, p, 8);
+        crc = _mm_crc32_u64(crc, v);
+        p += 8;
+        len -= 8;
+    }
+    c = (uint32_t)crc;
+    while (len--)
+        c = _mm_crc32_u8(c, *p++);
+    return ~c;
+}
+#endif
 
 static void spool_crc_init(void)
 {
@@ -285,12 +317,17 @@ static void spool_crc_init(void)
     for (uint32_t i = 0; i < 256; i++)
         for (int t = 1; t < 8; t++)
             crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
+#if defined(__x86_64__) && defined(__GNUC__)
+    crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
 }
 
-static uint32_t spool_crc32c(const void *buf, size_t len)
+uint32_t od_spool_crc32c_table(const void *buf, size_t len)
 {
     const unsigned char *p = buf;
     uint32_t crc = 0xffffffffu;
+
+    pthread_once(&crc_once, spool_crc_init);
 
     while (len >= 8) {
         uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 |
@@ -307,6 +344,22 @@ static uint32_t spool_crc32c(const void *buf, size_t len)
     while (len--)
         crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
     return ~crc;
+}
+
+/* The tables are built (and the instruction looked for) by od_spool_open. */
+static uint32_t spool_crc32c(const void *buf, size_t len)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (crc_hw)
+        return spool_crc32c_hw(buf, len);
+#endif
+    return od_spool_crc32c_table(buf, len);
+}
+
+uint32_t od_spool_crc32c(const void *buf, size_t len)
+{
+    pthread_once(&crc_once, spool_crc_init);
+    return spool_crc32c(buf, len);
 }
 
 /* ---- encoding ---- */
@@ -845,6 +898,20 @@ static void spool_hot_put(struct od_spool *s, struct spool_req *r)
     r->obj = old;
 }
 
+/* Is there room now for the copy of a record of len bytes and number seq?
+ * Asked when the record is queued (lock held): a copy that would find none
+ * is freed by its owner, on the thread that made it, rather than by the
+ * leader later (freeing on another thread costs the allocator more). */
+static bool spool_hot_room(const struct od_spool *s, uint64_t seq, size_t len)
+{
+    const struct spool_hot *e;
+
+    if (s->hot_cap == 0)
+        return false;
+    e = &s->hot[seq & (s->hot_cap - 1)];
+    return (e->obj == NULL || e->seq < s->cur) && s->hot_used + len <= s->hot_max_bytes;
+}
+
 /* Take seq's copy out of the ring, or NULL (lock held). */
 static void *spool_hot_take(struct od_spool *s, uint64_t seq)
 {
@@ -1051,13 +1118,17 @@ static int spool_append_async(struct od_spool *s, void *data, size_t len, void *
     rc = spool_enqueue(s, r, dcrc);
     if (rc == 0) {
         *seq = r->seq;
+        if (obj != NULL && !spool_hot_room(s, r->seq, len))
+            r->obj = NULL;      /* freed below, here */
+        else
+            obj = NULL;
         if (!defer && !s->leader && s->qhead == r)
             pthread_cond_signal(&s->writer_cv);
     }
     pthread_mutex_unlock(&s->mu);
+    spool_hot_drop(s, obj);
     if (rc < 0) {
         free(data);
-        spool_hot_drop(s, obj);
         free(r);
     }
     return rc;
@@ -1110,6 +1181,7 @@ int od_spool_append_obj(struct od_spool *s, const void *data, size_t len, void *
                         uint64_t *seq)
 {
     struct spool_req req = { .data = data, .len = len, .cv = PTHREAD_COND_INITIALIZER, .obj = obj };
+    void *spare = NULL;
     uint32_t dcrc;
     int rc;
 
@@ -1123,6 +1195,10 @@ int od_spool_append_obj(struct od_spool *s, const void *data, size_t len, void *
     rc = spool_enqueue(s, &req, dcrc);
     if (rc < 0)
         goto out;
+    if (req.obj != NULL && !spool_hot_room(s, req.seq, len)) {
+        spare = req.obj;    /* no room: freed here, after the lock */
+        req.obj = NULL;
+    }
 
     while (!req.done) {
         if (!s->leader)
@@ -1137,6 +1213,7 @@ out:
     pthread_mutex_unlock(&s->mu);
     pthread_cond_destroy(&req.cv);
     spool_hot_drop(s, req.obj);     /* not kept, or displaced by it */
+    spool_hot_drop(s, spare);
     return rc;
 }
 

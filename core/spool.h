@@ -104,4 +104,9 @@ struct od_spool_stats {
 };
 void od_spool_stats(struct od_spool *s, struct od_spool_stats *st);
 
+/* The records' checksum, CRC32C: as the spool computes it (the SSE4.2
+ * instruction where the CPU has it), and by table alone.  For tests. */
+uint32_t od_spool_crc32c(const void *buf, size_t len);
+uint32_t od_spool_crc32c_table(const void *buf, size_t len);
+
 #endif

@@ -375,6 +375,35 @@ START_TEST(ok_path_every_message_once_in_order_of_stages)
 }
 END_TEST
 
+/* A pipeline of an input alone (with and without a spool) finishes what it
+ * accepts: the messages were left in flight for good, so the window filled
+ * and a spool's records were never completed. */
+START_TEST(no_stages_completes_every_message)
+{
+    for (int spool = 0; spool < 2; spool++) {
+        struct run r;
+
+        start(&r, spool ? "spool = { sync = false; };\n"
+                          "input = { plugin = \"testkit\"; count = 3000; record_acks = \"acks\"; };\n"
+                        : "queue_size = 100;\n"
+                          "input = { plugin = \"testkit\"; count = 3000; record_acks = \"acks\"; };\n");
+        if (!spool) {
+            ck_assert(wait_lines("acks", 3000));
+            ck_assert_uint_eq(count_lines("acks", " OK"), 3000);
+        } else {
+            for (int i = 0; i < 2000 && metric("orderd_spool_appends_total{pipeline=\"p\"} ") < 3000; i++)
+                usleep(10000);
+            for (int i = 0; i < 2000 && metric("orderd_spool_records{pipeline=\"p\"} ") != 0; i++)
+                usleep(10000);
+            ck_assert(metric("orderd_spool_appends_total{pipeline=\"p\"} ") == 3000);
+            ck_assert(metric("orderd_spool_records{pipeline=\"p\"} ") == 0);
+        }
+        ck_assert(metric("orderd_pipeline_in_flight{pipeline=\"p\"} ") == 0);
+        stop(&r);
+    }
+}
+END_TEST
+
 START_TEST(retry_twice_then_ok)
 {
     struct run r;
@@ -691,6 +720,7 @@ int main(void)
     od_log_setup(ORDERD_LOG_WARN, OD_LOG_TEXT);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, ok_path_every_message_once_in_order_of_stages);
+    tcase_add_test(tc, no_stages_completes_every_message);
     tcase_add_test(tc, retry_twice_then_ok);
     tcase_add_test(tc, reject_goes_to_dead_letter_with_reason);
     tcase_add_test(tc, retries_exhausted_core_redelivers_then_dead_letters);

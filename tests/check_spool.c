@@ -1523,6 +1523,23 @@ START_TEST(test_hot_budget)
 }
 END_TEST
 
+/* CRC32C: the check value of the standard ("123456789" -> e3069283), and
+ * the instruction and the tables agreeing on every length and alignment. */
+START_TEST(test_crc32c)
+{
+    unsigned char buf[300];
+
+    ck_assert_uint_eq(od_spool_crc32c("123456789", 9), 0xe3069283u);
+    ck_assert_uint_eq(od_spool_crc32c_table("123456789", 9), 0xe3069283u);
+    ck_assert_uint_eq(od_spool_crc32c("", 0), 0);
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (unsigned char)(i * 131u + 7u);
+    for (size_t off = 0; off < 8; off++)
+        for (size_t len = 0; len + off <= sizeof(buf); len += 1 + len / 8)
+            ck_assert_uint_eq(od_spool_crc32c(buf + off, len), od_spool_crc32c_table(buf + off, len));
+}
+END_TEST
+
 START_TEST(test_lock)
 {
     struct od_spool *s = sp_open(0, 0, 0), *s2 = NULL;
@@ -1565,6 +1582,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, test_deferred_flush);
     tcase_add_test(tc, test_zero_fill);
     tcase_add_test(tc, test_hot_copies);
+    tcase_add_test(tc, test_crc32c);
     tcase_add_test(tc, test_hot_budget);
     suite_add_tcase(su, tc);
     return su;
