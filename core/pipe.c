@@ -785,7 +785,10 @@ static char *spool_record(orderd_msg **m, size_t *len)
     return text;
 }
 
-static int admit_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int *open)
+/* admit_locked() without waking a worker; *ready is set when m went to the
+ * ready queue (the caller wakes one). */
+static int admit_quiet_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int *open,
+                              bool *ready)
 {
     while (p->in_flight >= p->pc->queue_size && *open && !p->stopping) {
         if (nowait)
@@ -801,8 +804,18 @@ static int admit_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int 
     if (p->keys && m->partition_key && key_wait(p, m))
         return 0;   /* queued behind its key */
     ready_push(p, m);
-    pthread_cond_signal(&p->work);
+    *ready = true;
     return 0;
+}
+
+static int admit_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int *open)
+{
+    bool ready = false;
+    int rc = admit_quiet_locked(p, m, nowait, open, &ready);
+
+    if (ready)
+        pthread_cond_signal(&p->work);
+    return rc;
 }
 
 
@@ -960,19 +973,55 @@ int od_pipe_submit_flush(struct orderd_inst *inst)
     return 0;
 }
 
+/* Records the reader takes at a time, while the window has room: one
+ * lock of the pipeline and one wake-up of a worker for all of them. */
+#define OD_READ_RUN 64
+
+/* The next spooled record as a message in flight-to-be, or NULL with *rc
+ * set (-EAGAIN: none within timeout_ms; 0: a record that is not a message,
+ * completed). */
+static orderd_msg *spool_take(struct od_pipe *p, int64_t timeout_ms, int *rc)
+{
+    uint64_t seq;
+    void *data, *obj;
+    size_t len;
+    orderd_msg *m;
+
+    *rc = od_spool_next_obj(p->spool, &seq, &data, &len, &obj, timeout_ms);
+    if (*rc < 0)
+        return NULL;
+    if (obj != NULL) {
+        m = obj;    /* its submitter's message: nothing to read or parse */
+    } else {
+        json_t *j = jdec_loadb(data, len, NULL);
+
+        free(data);
+        m = j ? od_msg_from_json(j) : NULL;
+        json_decref(j);
+    }
+    if (m == NULL) {
+        od_logf(ORDERD_LOG_ERR, p->pc->name, NULL, NULL,
+                "spool record %llu is not a message; completing it", (unsigned long long)seq);
+        od_spool_complete(p->spool, seq);
+        return NULL;
+    }
+    m->origin = &p->input;
+    m->has_spool = 1;
+    m->spool_seq = seq;
+    return m;
+}
+
 /* The spool's reader: records become messages in flight, oldest first. */
 static void *spool_reader_main(void *arg)
 {
     struct od_pipe *p = arg;
     static const int always = 1;
+    orderd_msg *run[OD_READ_RUN];
 
     for (;;) {
-        uint64_t seq;
-        void *data, *obj;
-        size_t len;
-        json_t *j;
-        orderd_msg *m;
-        int rc;
+        size_t room, n = 0, i;
+        bool ready = false;
+        int rc = 0;
 
         pthread_mutex_lock(&p->mu);
         while (p->in_flight >= p->pc->queue_size && !p->stopping && p->spool_reader_running)
@@ -981,36 +1030,37 @@ static void *spool_reader_main(void *arg)
             pthread_mutex_unlock(&p->mu);
             break;
         }
+        room = (size_t)(p->pc->queue_size - p->in_flight);
         pthread_mutex_unlock(&p->mu);
 
-        rc = od_spool_next_obj(p->spool, &seq, &data, &len, &obj, 500);
-        if (rc == -EAGAIN)
-            continue;
-        if (rc < 0)
+        /* wait for one, then take what is there without waiting */
+        while (n < room && n < OD_READ_RUN) {
+            orderd_msg *m = spool_take(p, n == 0 ? 500 : 0, &rc);
+
+            if (m != NULL)
+                run[n++] = m;
+            else if (rc != 0)
+                break;
+        }
+        if (n == 0) {
+            if (rc == -EAGAIN || rc == 0)
+                continue;
             break;
-        if (obj != NULL) {
-            m = obj;    /* its submitter's message: nothing to read or parse */
-        } else {
-            j = jdec_loadb(data, len, NULL);
-            free(data);
-            m = j ? od_msg_from_json(j) : NULL;
-            json_decref(j);
         }
-        if (m == NULL) {
-            od_logf(ORDERD_LOG_ERR, p->pc->name, NULL, NULL,
-                    "spool record %llu is not a message; completing it", (unsigned long long)seq);
-            od_spool_complete(p->spool, seq);
-            continue;
-        }
-        m->origin = &p->input;
-        m->has_spool = 1;
-        m->spool_seq = seq;
         pthread_mutex_lock(&p->mu);
-        rc = admit_locked(p, m, 0, &always);
+        for (i = 0; i < n; i++) {
+            if (admit_quiet_locked(p, run[i], 0, &always, &ready) < 0)
+                break;
+        }
+        if (ready)
+            pthread_cond_signal(&p->work);
         pthread_mutex_unlock(&p->mu);
-        if (rc < 0) {
-            od_spool_requeue(p->spool, seq);
-            od_msg_free(m);
+        if (i < n) {
+            /* stopping: what was not admitted is handed out again later */
+            for (; i < n; i++) {
+                od_spool_requeue(p->spool, run[i]->spool_seq);
+                od_msg_free(run[i]);
+            }
             break;
         }
     }
