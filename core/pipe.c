@@ -757,7 +757,6 @@ static size_t take_replay_stage(const struct od_pipe *p, orderd_msg *m)
     return idx;
 }
 
-/* Take m into flight (blocking for room unless nowait).  p->mu held. */
 static void pipe_msg_free(void *m)
 {
     od_msg_free(m);
@@ -785,8 +784,9 @@ static char *spool_record(orderd_msg **m, size_t *len)
     return text;
 }
 
-/* admit_locked() without waking a worker; *ready is set when m went to the
- * ready queue (the caller wakes one). */
+/* Take m into flight (blocking for room unless nowait).  p->mu held.
+ * Wakes no worker: *ready is set when m went to the ready queue, and the
+ * caller wakes one (admit_locked() does). */
 static int admit_quiet_locked(struct od_pipe *p, orderd_msg *m, int nowait, const int *open,
                               bool *ready)
 {

@@ -868,8 +868,6 @@ static void spool_zero_ahead(struct od_spool *s)
     spool_seg_maybe_drop(s, g);
 }
 
-/* Write one group from the queue.  Called with the lock held and the queue
- * non-empty; drops the lock for the I/O (and for asynchronous callbacks). */
 /* File r's copy in the ring (lock held).  On success r->obj becomes the
  * copy it displaced (one the cursor had passed), or NULL; either way the
  * caller frees what r->obj holds after dropping the lock. */
@@ -935,6 +933,8 @@ static void spool_hot_drop(struct od_spool *s, void *obj)
         s->hot_free(obj);
 }
 
+/* Write one group from the queue.  Called with the lock held and the queue
+ * non-empty; drops the lock for the I/O (and for asynchronous callbacks). */
 static void spool_lead(struct od_spool *s)
 {
     struct spool_req *batch = s->qhead, *last = batch, *r, *next;
