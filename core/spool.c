@@ -635,32 +635,50 @@ static void spool_ack_put(unsigned char *e, uint64_t seq)
 /* Remember n completions (entries of SPOOL_ACK bytes in e), with one write.
  * Not fsynced on purpose: a lost ack only causes a redelivery after a
  * crash.  Called with the lock held. */
-static void spool_ack_write(struct od_spool *s, struct spool_seg *g, const unsigned char *e,
-                            size_t n)
+static void spool_ack_failed(struct od_spool *s, struct spool_seg *g, int err)
+{
+    if (!g->ack_failed)
+        od_warn("spool %s: cannot record completions for segment %016" PRIx64
+                " (they will be redelivered after a restart): %s",
+                s->dir, g->first, strerror(err));
+    g->ack_failed = true;
+}
+
+/* g's ack file, opened on first use (lock held).  RETURNS: fd, or -1. */
+static int spool_ack_fd(struct od_spool *s, struct spool_seg *g)
 {
     char name[64];
-    ssize_t w;
 
     if (g->ack_fd < 0) {
         spool_seg_name(name, sizeof(name), g->first, "ack");
         g->ack_fd = openat(s->dir_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
         if (g->ack_fd < 0)
-            goto fail;
+            spool_ack_failed(s, g, errno);
     }
+    return g->ack_fd;
+}
+
+/* Append n ack entries.  RETURNS: 0 or an errno value (a short write is EIO;
+ * the next open ignores a torn entry). */
+static int spool_ack_put_all(int fd, const unsigned char *e, size_t n)
+{
+    ssize_t w;
+
     do
-        w = write(g->ack_fd, e, n * SPOOL_ACK);
+        w = write(fd, e, n * SPOOL_ACK);
     while (w < 0 && errno == EINTR);
     if (w == (ssize_t)(n * SPOOL_ACK))
-        return;
-    if (w >= 0)
-        errno = EIO;   /* short write; the next open ignores the torn entry */
+        return 0;
+    return w < 0 ? errno : EIO;
+}
 
-fail:
-    if (!g->ack_failed)
-        od_warn("spool %s: cannot record completions for segment %016" PRIx64
-                " (they will be redelivered after a restart): %s",
-                s->dir, g->first, strerror(errno));
-    g->ack_failed = true;
+static void spool_ack_write(struct od_spool *s, struct spool_seg *g, const unsigned char *e,
+                            size_t n)
+{
+    int fd = spool_ack_fd(s, g), err;
+
+    if (fd >= 0 && (err = spool_ack_put_all(fd, e, n)) != 0)
+        spool_ack_failed(s, g, err);
 }
 
 /* ---- requeue heap ---- */
@@ -1481,40 +1499,51 @@ static void *spool_keeper_main(void *arg)
 void od_spool_complete_many(struct od_spool *s, const uint64_t *seqs, size_t n)
 {
     unsigned char buf[SPOOL_ACK_RUN * SPOOL_ACK];
-    struct spool_seg *run = NULL;   /* the segment buf's entries are for */
-    size_t k = 0;
+    size_t i = 0;
 
     pthread_mutex_lock(&s->mu);
-    for (size_t i = 0; i < n; i++) {
-        struct spool_seg *g;
-        uint32_t idx;
+    while (i < n) {
+        struct spool_seg *run = NULL;   /* the segment buf's entries are for, pinned */
+        size_t k = 0;
+        int fd;
 
-        g = spool_find(s, seqs[i], &idx);
-        if (g == NULL || (g->state[idx] != REC_READY && g->state[idx] != REC_INFLIGHT))
-            continue;
-        g->state[idx] = REC_DONE;
-        g->live--;
-        s->live--;
-        if (k > 0 && (run != g || k == SPOOL_ACK_RUN)) {
-            spool_ack_write(s, run, buf, k);
-            k = 0;
-        }
-        /* No ack needed for a segment that is about to disappear. */
-        if (g->live != 0 || g->refs != 0 || g == spool_active(s)) {
-            spool_ack_put(buf + k++ * SPOOL_ACK, seqs[i]);
-            run = g;
-        }
-        if (g->live == 0) {
-            /* It may be freed now: its entries go out first. */
-            if (k > 0) {
-                spool_ack_write(s, run, buf, k);
-                k = 0;
+        for (; i < n && k < SPOOL_ACK_RUN; i++) {
+            struct spool_seg *g;
+            uint32_t idx;
+
+            g = spool_find(s, seqs[i], &idx);
+            if (g == NULL || (g->state[idx] != REC_READY && g->state[idx] != REC_INFLIGHT))
+                continue;
+            if (run != NULL && g != run)
+                break;      /* the next run starts here */
+            g->state[idx] = REC_DONE;
+            g->live--;
+            s->live--;
+            if (run == NULL && g->live == 0 && g->refs == 0 && g != spool_active(s)) {
+                /* no ack needed for a segment that is about to disappear */
+                spool_seg_maybe_drop(s, g);
+                continue;
             }
-            spool_seg_maybe_drop(s, g);
+            if (run == NULL) {
+                run = g;
+                g->refs++;  /* it stays while its acks are written */
+            }
+            spool_ack_put(buf + k++ * SPOOL_ACK, seqs[i]);
         }
+        if (run == NULL)
+            continue;
+        /* The write goes out without the lock: appends and the group's
+         * leader need it, and a write into a page under writeback waits
+         * for the disk. */
+        fd = spool_ack_fd(s, run);
+        pthread_mutex_unlock(&s->mu);
+        int err = fd >= 0 ? spool_ack_put_all(fd, buf, k) : 0;
+        pthread_mutex_lock(&s->mu);
+        if (err != 0)
+            spool_ack_failed(s, run, err);
+        run->refs--;
+        spool_seg_maybe_drop(s, run);
     }
-    if (k > 0)
-        spool_ack_write(s, run, buf, k);
     pthread_mutex_unlock(&s->mu);
 }
 
