@@ -134,6 +134,18 @@ static void msg_set_body(orderd_msg *m, json_t *body)
     m->body = body ? body : json_null();
 }
 
+/* len bytes of text, NUL-terminated, for m->body_text.  NULL: no memory. */
+static char *msg_text_dup(const char *text, size_t len)
+{
+    char *copy = malloc(len + 1);
+
+    if (copy != NULL) {
+        memcpy(copy, text, len);
+        copy[len] = '\0';
+    }
+    return copy;
+}
+
 /* ABI 1.4: the body from JSON text, kept as given; the tree waits until a
  * stage asks for it.  A text our reader does not take on its own (numbers
  * jansson must judge) is decoded at once, as msg_set_body would get it. */
@@ -151,10 +163,8 @@ static int msg_set_body_text(orderd_msg *m, const char *text, size_t len)
         msg_set_body(m, body);
         return 0;
     }
-    if ((copy = malloc(len + 1)) == NULL)
+    if ((copy = msg_text_dup(text, len)) == NULL)
         return -ENOMEM;
-    memcpy(copy, text, len);
-    copy[len] = '\0';
     msg_text_drop(m);
     json_decref(m->body);
     m->body = NULL;
@@ -166,14 +176,11 @@ static int msg_set_body_text(orderd_msg *m, const char *text, size_t len)
 /* ABI 1.5: msg_set_body() with the text msg_body_text() would make of it. */
 static int msg_set_body_encoded(orderd_msg *m, json_t *body, const char *text, size_t len)
 {
-    char *copy = text != NULL ? malloc(len + 1) : NULL;
-
     msg_set_body(m, body);
-    if (copy == NULL)
-        return text != NULL ? -ENOMEM : 0;
-    memcpy(copy, text, len);
-    copy[len] = '\0';
-    m->body_text = copy;
+    if (text == NULL)
+        return 0;
+    if ((m->body_text = msg_text_dup(text, len)) == NULL)
+        return -ENOMEM;
     m->body_text_len = len;
     return 0;
 }
@@ -454,16 +461,12 @@ char *od_msg_record_exact(orderd_msg *m, size_t *len, bool *exact)
 {
     size_t off = 0, blen = 0;
     char *text = msg_record(m, len, exact, &off, &blen);
-    char *copy;
 
     /* The body's bytes are its msg_body_text(): keep them, for the stages
      * that would encode the body again (a copy costs less than that). */
-    if (text != NULL && *exact && m->body_text == NULL && (copy = malloc(blen + 1)) != NULL) {
-        memcpy(copy, text + off, blen);
-        copy[blen] = '\0';
-        m->body_text = copy;
+    if (text != NULL && *exact && m->body_text == NULL &&
+        (m->body_text = msg_text_dup(text + off, blen)) != NULL)
         m->body_text_len = blen;
-    }
     return text;
 }
 
