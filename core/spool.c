@@ -96,8 +96,7 @@
  * as before and memory stays bounded.  A slot whose record the cursor has
  * passed (handed out some other way) is taken over.  Room is looked for
  * when the record is queued, and a copy without it is freed there, by the
- * thread that made it: freed by the leader instead, a backlog's copies
- * cost the allocator more than the records' reading saved.
+ * thread that made it (spool_hot_put).
  *
  * LOCKING.  One mutex guards the index, queue and counters; file writes,
  * fdatasync and payload reads run without it.  Only the leader writes to a
@@ -886,46 +885,47 @@ static void spool_zero_ahead(struct od_spool *s)
     spool_seg_maybe_drop(s, g);
 }
 
-/* File r's copy in the ring (lock held).  On success r->obj becomes the
- * copy it displaced (one the cursor had passed), or NULL; either way the
- * caller frees what r->obj holds after dropping the lock. */
-static void spool_hot_put(struct od_spool *s, struct spool_req *r)
+/* Is there room for the copy of record seq (len bytes)?  Its slot is free,
+ * or holds a record the cursor has passed (handed out some other way: the
+ * copy is stale), and the byte budget holds it, counting what a stale copy
+ * gives back.  Lock held. */
+static bool spool_hot_room(const struct od_spool *s, uint64_t seq, size_t len)
 {
-    struct spool_hot *e;
-    void *old = NULL;
+    const struct spool_hot *e;
     uint64_t used;
 
-    if (r->obj == NULL || s->hot_cap == 0)
-        return;
-    e = &s->hot[r->seq & (s->hot_cap - 1)];
+    if (s->hot_cap == 0)
+        return false;
+    e = &s->hot[seq & (s->hot_cap - 1)];
     used = s->hot_used;
     if (e->obj != NULL) {
         if (e->seq >= s->cur)
-            return;     /* still to be handed out: it keeps its place */
-        old = e->obj;
+            return false;   /* still to be handed out: it keeps its place */
         used -= e->len;
     }
-    if (used + r->len > s->hot_max_bytes)
+    return used + len <= s->hot_max_bytes;
+}
+
+/* File r's copy in the ring (lock held).  On success r->obj becomes the
+ * stale copy it displaced, or NULL; either way the caller frees what r->obj
+ * holds after dropping the lock.  Room is looked for first when the record
+ * is queued (a copy without it is freed there, by the thread that made it:
+ * freed by the leader instead, a backlog's copies cost the allocator more
+ * than the records' reading saved) and again here, once durable. */
+static void spool_hot_put(struct od_spool *s, struct spool_req *r)
+{
+    struct spool_hot *e;
+    void *old;
+
+    if (r->obj == NULL || !spool_hot_room(s, r->seq, r->len))
         return;
+    e = &s->hot[r->seq & (s->hot_cap - 1)];
+    old = e->obj;
     if (old != NULL)
         s->hot_used -= e->len;
     *e = (struct spool_hot){ .seq = r->seq, .len = (uint32_t)r->len, .obj = r->obj };
     s->hot_used += r->len;
     r->obj = old;
-}
-
-/* Is there room now for the copy of a record of len bytes and number seq?
- * Asked when the record is queued (lock held): a copy that would find none
- * is freed by its owner, on the thread that made it, rather than by the
- * leader later (freeing on another thread costs the allocator more). */
-static bool spool_hot_room(const struct od_spool *s, uint64_t seq, size_t len)
-{
-    const struct spool_hot *e;
-
-    if (s->hot_cap == 0)
-        return false;
-    e = &s->hot[seq & (s->hot_cap - 1)];
-    return (e->obj == NULL || e->seq < s->cur) && s->hot_used + len <= s->hot_max_bytes;
 }
 
 /* Take seq's copy out of the ring, or NULL (lock held). */
