@@ -127,8 +127,7 @@ sqs_reader_end(struct sqs_reader *r)
 static void
 sqs_reader_close(struct sqs_reader *r)
 {
-    if (r->end != NULL)
-        sqs_reader_end(r);
+    sqs_reader_end(r);      /* open only once both were prepared */
     sqlite3_finalize(r->begin);
     sqlite3_finalize(r->end);
     sqlite3_finalize(r->snapshot);
@@ -152,22 +151,17 @@ sqs_reader_open(struct sqs *s, struct sqs_reader **out)
     ret = sq_open(s->inst, s->h, &oo, &r->db);
     if (ret < 0)
         goto fail;
-    ret = sq_prepare(s->inst, s->h, r->db, "SELECT body FROM snapshots WHERE id = ?1", &r->snapshot);
-    if (ret < 0)
-        goto fail;
-    ret = sq_prepare(s->inst, s->h, r->db, "SELECT body FROM events WHERE id = ?1", &r->event);
-    if (ret < 0)
-        goto fail;
-    ret = sq_prepare(s->inst, s->h, r->db,
-                     "SELECT body FROM events WHERE stream = ?1 AND id = ?2", &r->stream_event);
-    if (ret < 0)
-        goto fail;
-    ret = sq_prepare(s->inst, s->h, r->db, "BEGIN", &r->begin);
-    if (ret < 0)
-        goto fail;
-    ret = sq_prepare(s->inst, s->h, r->db, "COMMIT", &r->end);
-    if (ret < 0)
-        goto fail;
+
+    const struct { const char *sql; sqlite3_stmt **st; } stmts[] = {
+        { "SELECT body FROM snapshots WHERE id = ?1", &r->snapshot },
+        { "SELECT body FROM events WHERE id = ?1", &r->event },
+        { "SELECT body FROM events WHERE stream = ?1 AND id = ?2", &r->stream_event },
+        { "BEGIN", &r->begin },
+        { "COMMIT", &r->end },
+    };
+    for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++)
+        if ((ret = sq_prepare(s->inst, s->h, r->db, stmts[i].sql, stmts[i].st)) < 0)
+            goto fail;
     *out = r;
     return 0;
 
