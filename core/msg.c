@@ -99,15 +99,18 @@ static void msg_text_drop(orderd_msg *m)
 }
 
 /* The body as a tree.  A body set as text (msg_set_body_text) has none
- * until a stage asks; the text was checked then, so decoding it now can
- * fail only for want of memory, and a message must not go on without its
- * body. */
+ * until a stage asks; the text was checked then (or was JSON made by
+ * msg_body_text, msg_set_body_json), so decoding it now can fail only for
+ * want of memory, and a message must not go on without its body. */
 static json_t *msg_tree(orderd_msg *m)
 {
+    json_error_t err;
+
     if (m->body == NULL) {
-        m->body = jdec_loadb(m->body_text, m->body_text_len, NULL);
+        m->body = jdec_loadb(m->body_text, m->body_text_len, &err);
         if (m->body == NULL) {
-            fprintf(stderr, "orderd: out of memory decoding the body of message %s\n", m->id);
+            fprintf(stderr, "orderd: cannot decode the body of message %s: %s\n", m->id,
+                    err.text);
             abort();
         }
     }
@@ -146,13 +149,26 @@ static char *msg_text_dup(const char *text, size_t len)
     return copy;
 }
 
+/* The body becomes a copy of text, its tree made when a stage asks. */
+static int msg_adopt_text(orderd_msg *m, const char *text, size_t len)
+{
+    char *copy = msg_text_dup(text, len);
+
+    if (copy == NULL)
+        return -ENOMEM;
+    msg_text_drop(m);
+    json_decref(m->body);
+    m->body = NULL;
+    m->body_text = copy;
+    m->body_text_len = len;
+    return 0;
+}
+
 /* ABI 1.4: the body from JSON text, kept as given; the tree waits until a
  * stage asks for it.  A text our reader does not take on its own (numbers
  * jansson must judge) is decoded at once, as msg_set_body would get it. */
 static int msg_set_body_text(orderd_msg *m, const char *text, size_t len)
 {
-    char *copy;
-
     if (text == NULL)
         return -EINVAL;
     if (jdec_check(text, len) != 0) {
@@ -163,14 +179,15 @@ static int msg_set_body_text(orderd_msg *m, const char *text, size_t len)
         msg_set_body(m, body);
         return 0;
     }
-    if ((copy = msg_text_dup(text, len)) == NULL)
-        return -ENOMEM;
-    msg_text_drop(m);
-    json_decref(m->body);
-    m->body = NULL;
-    m->body_text = copy;
-    m->body_text_len = len;
-    return 0;
+    return msg_adopt_text(m, text, len);
+}
+
+/* ABI 1.6: msg_set_body_text() for text known to be JSON. */
+static int msg_set_body_json(orderd_msg *m, const char *text, size_t len)
+{
+    if (text == NULL)
+        return -EINVAL;
+    return msg_adopt_text(m, text, len);
 }
 
 /* ABI 1.5: msg_set_body() with the text msg_body_text() would make of it. */
@@ -533,4 +550,5 @@ const orderd_host od_msg_host_part = {
     .msg_body_peek = msg_body_peek,
     .msg_set_body_text = msg_set_body_text,
     .msg_set_body_encoded = msg_set_body_encoded,
+    .msg_set_body_json = msg_set_body_json,
 };

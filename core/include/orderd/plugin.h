@@ -32,6 +32,8 @@
  *   1.5  host->msg_set_body_encoded(): a stage that builds a body out of
  *        parts it already has as text sets the tree and that text together,
  *        so nobody encodes the tree again.
+ *   1.6  host->msg_set_body_json(): msg_set_body_text() for text that is
+ *        known to be JSON (another message's msg_body_text()), unchecked.
  *
  * Ownership, in one rule: the host owns every orderd_msg; a plugin borrows
  * it for the duration of a callback (or, for PENDING, until it calls
@@ -51,7 +53,7 @@ extern "C" {
 #endif
 
 #define ORDERD_ABI_MAJOR 1u
-#define ORDERD_ABI_MINOR 5u
+#define ORDERD_ABI_MINOR 6u
 
 /* Name of the one symbol a plugin exports. */
 #define ORDERD_PLUGIN_SYMBOL "orderd_plugin_v1"
@@ -361,7 +363,17 @@ typedef struct orderd_host {
      * RETURNS: 0, or -ENOMEM (the body is set, without the text). */
     int (*msg_set_body_encoded)(orderd_msg *m, json_t *body, const char *text, size_t len);
 
-    /* ABI 1.6+ members go below this line only. */
+    /* ---- ABI 1.6 (test with ORDERD_HOST_HAS(host, msg_set_body_json)) ---- */
+
+    /* MSG_SET_BODY_JSON - msg_set_body_text() without the check, for text
+     * known to be JSON because msg_body_text() made it (of this or another
+     * message; a store that kept it, say).  Anything else is a bug in the
+     * caller: decoding it later, when a stage asks for the tree, ends the
+     * daemon.
+     * RETURNS: 0, -EINVAL (text is NULL) or -ENOMEM (the body is unchanged). */
+    int (*msg_set_body_json)(orderd_msg *m, const char *text, size_t len);
+
+    /* ABI 1.7+ members go below this line only. */
 } orderd_host;
 
 /* Does the running host provide this orderd_host member?  For members added
