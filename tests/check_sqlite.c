@@ -22,6 +22,7 @@
 #include "../plugins/common/jsonenc.h"
 
 #include "harness.h"
+#include "msg.h"
 
 /* ---- helpers ---- */
 
@@ -184,6 +185,52 @@ END_TEST
  * encodes the event once and stores the snapshot's bytes from inside it,
  * wherever the key is), and the snapshot row is the snapshot's own
  * encoding. */
+/* An event that is text alone (as the orders transform makes a create,
+ * ABI 1.6) is stored from its text and properties, without decoding it;
+ * one with an escaped string there goes by the tree and stores the same. */
+START_TEST(test_store_event_text_only)
+{
+    static const char *const fmt =
+        "{\"id\":\"%s\",\"type\":\"OrderCreated\",\"orderId\":\"%s\",\"version\":1,"
+        "\"time\":\"2026-12-06T12:00:00.000Z\",\"commandId\":\"c\",\"data\":{\"n\":1},"
+        "\"snapshot\":{\"n\":1,\"id\":\"%s\",\"status\":\"%s\",\"version\":1}}";
+    struct th_stage *s = store_new("textonly.db", NULL);
+    sqlite3         *db;
+    char             text[512], sql[160], buf[512], got[512];
+
+    for (int escaped = 0; escaped < 2; escaped++) {
+        const char *ev = escaped ? "evt-o2" : "evt-o1", *oid = escaped ? "ord-o2" : "ord-o1";
+        orderd_msg *m = th_msg("{}");
+        size_t      at, n;
+
+        snprintf(text, sizeof(text), fmt, ev, oid, oid, escaped ? "cre\\u0061ted" : "created");
+        ck_assert_int_eq(th_host()->msg_set_body_json(m, text, strlen(text)), 0);
+        ck_assert_int_eq(th_host()->msg_set_id(m, ev), 0);
+        ck_assert_int_eq(th_host()->msg_set_prop(m, "type", "OrderCreated"), 0);
+        ck_assert_int_eq(th_host()->msg_set_prop(m, "order_id", oid), 0);
+        ck_assert_int_eq(th_host()->msg_set_prop(m, "version", "1"), 0);
+        ck_assert_int_eq(th_process(s, m), ORDERD_OK);
+        if (escaped)
+            ck_assert_ptr_nonnull(m->body);
+        else
+            ck_assert_ptr_null(m->body);
+        db = db_open("textonly.db");
+        snprintf(sql, sizeof(sql), "SELECT type || '|' || time || '|' || version || '|' || body"
+                 " FROM events WHERE id = '%s'", ev);
+        snprintf(buf, sizeof(buf), "OrderCreated|2026-12-06T12:00:00.000Z|1|%s", text);
+        ck_assert_str_eq(db_text(db, sql, got, sizeof(got)), buf);
+        ck_assert_int_eq(jenc_member_span(text, strlen(text), "snapshot", &at, &n), 0);
+        snprintf(buf, sizeof(buf), "created|1|%.*s", (int) n, text + at);
+        snprintf(sql, sizeof(sql), "SELECT status || '|' || version || '|' || body FROM snapshots"
+                 " WHERE id = '%s'", oid);
+        ck_assert_str_eq(db_text(db, sql, got, sizeof(got)), buf);
+        sqlite3_close(db);
+        th_msg_free(m);
+    }
+    th_stage_free(s);
+}
+END_TEST
+
 START_TEST(test_store_event_text_exact)
 {
     static const char *const bodies[] = {
@@ -1026,6 +1073,58 @@ START_TEST(test_feed_submits_in_order)
 }
 END_TEST
 
+/* A store of the same process hands the events it commits to the feed of
+ * that file (sqlite_tail.c).  Polling is off here (1h), so only a commit
+ * wakes the feed.  A row another writer put in between is not handed over:
+ * the feed reads it from the file, and nothing is skipped or doubled. */
+START_TEST(test_feed_takes_store_events_in_memory)
+{
+    struct th_stage *st = store_new("tail.db", NULL);
+    struct th_stage *f;
+    orderd_msg      *m;
+    sqlite3         *db;
+
+    f = th_stage_new("sqlite", ORDERD_INPUT,
+                     "path = \"tail.db\"; poll_interval = \"1h\"; commit_interval = \"1h\";");
+    ck_assert_int_eq(th_start(f), 0);
+    store_one(st, "ord-1", "evt-m1", "OrderCreated", 1, "created");
+    ck_assert(th_wait_submitted(f, 1, 5000));
+    ck_assert_double_eq(th_metric(f, "sqlite_feed_from_memory"), 1);
+    ck_assert_double_eq(th_metric(f, "sqlite_feed_read"), 0);
+    m = th_take(f, 0);
+    ck_assert_ptr_null(m->body);   /* the stored text, not decoded */
+    check_event(m, "evt-m1", "ord-1", "OrderCreated", "1");
+    th_ack(f, m, ORDERD_OK, NULL);
+    th_msg_free(m);
+
+    /* another writer's row, then the store's next: a gap in what it handed over */
+    db = db_open("tail.db");
+    ck_assert_int_eq(sqlite3_exec(db, "INSERT INTO events(id, stream, version, type, body) VALUES"
+                                  "('evt-m2', 'ord-2', 1, 'OrderCreated',"
+                                  " '{\"id\":\"evt-m2\",\"snapshot\":{}}')", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    store_one(st, "ord-3", "evt-m3", "OrderCreated", 1, "created");
+    ck_assert(th_wait_submitted(f, 3, 5000));
+    ck_assert_double_eq(th_metric(f, "sqlite_feed_read"), 2);
+    check_event(m = th_take(f, 1), "evt-m2", "ord-2", "OrderCreated", "1");
+    th_msg_free(m);
+    check_event(m = th_take(f, 2), "evt-m3", "ord-3", "OrderCreated", "1");
+    th_msg_free(m);
+
+    /* from there on, in memory again */
+    store_one(st, "ord-4", "evt-m4", "OrderCreated", 1, "created");
+    ck_assert(th_wait_submitted(f, 4, 5000));
+    check_event(m = th_take(f, 3), "evt-m4", "ord-4", "OrderCreated", "1");
+    th_msg_free(m);
+    ck_assert_double_eq(th_metric(f, "sqlite_feed_from_memory"), 2);
+    ck_assert_double_eq(th_metric(f, "sqlite_feed_read"), 2);
+    ck_assert_uint_eq(th_submitted(f), 4);
+    th_stage_free(f);
+    th_stage_free(st);
+}
+END_TEST
+
 START_TEST(test_feed_cursor_survives_restart)
 {
     struct th_stage *st = store_new("cursor.db", NULL);
@@ -1290,6 +1389,7 @@ sqlite_suite(void)
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_store_appends_events);
     tcase_add_test(tc, test_store_event_text_exact);
+    tcase_add_test(tc, test_store_event_text_only);
     tcase_add_test(tc, test_jsonenc_matches_jansson);
     tcase_add_test(tc, test_jsonenc_member_span);
     tcase_add_test(tc, test_jsondec_matches_jansson);
@@ -1310,6 +1410,7 @@ sqlite_suite(void)
     tc = tcase_create("feed");
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_feed_submits_in_order);
+    tcase_add_test(tc, test_feed_takes_store_events_in_memory);
     tcase_add_test(tc, test_feed_cursor_survives_restart);
     tcase_add_test(tc, test_feed_commit_interval);
     tcase_add_test(tc, test_feed_start_end);

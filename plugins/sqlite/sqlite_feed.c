@@ -13,6 +13,12 @@
  * seq order is commit order: SQLite has one writer at a time and seq is
  * assigned inside the writing transaction, so a reader never sees seq N+1
  * before seq N becomes visible.
+ *
+ * A store of the same process writing the same file hands the events it
+ * commits to the file's tail (sqlite_tail.c): while the feed's position is
+ * inside it, the feed takes them from there, without the query and without
+ * checking their text again (the store had it from msg_body_text()), and a
+ * commit wakes the feed at once instead of at the next poll.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -26,12 +32,14 @@
 #include "sq.h"
 
 struct sqf_row {
-    int64_t  seq;
-    char    *id;
-    char    *stream;
-    char    *type;
-    char    *version;   /* decimal text, or NULL */
-    char    *raw;       /* body text */
+    int64_t          seq;
+    const char      *id;
+    const char      *stream;
+    const char      *type;
+    const char      *version;   /* decimal text, or NULL */
+    const char      *raw;       /* body text */
+    size_t           raw_len;
+    struct sq_event *ev;        /* from the tail: the fields point into it */
 };
 
 struct sqf {
@@ -53,6 +61,9 @@ struct sqf {
     int64_t              commit_at;     /* monotonic ms of the next due write */
     int                  failing;       /* submit failing: log once per streak */
     struct sqf_row      *rows;
+    struct sq_tail      *tail;          /* the store's latest events, or NULL */
+    struct sq_event    **evs;           /* batch of them */
+    uint64_t             tail_gen;      /* tail's generation at the last fetch */
 
     pthread_t            thread;
     int                  started;
@@ -201,12 +212,37 @@ sqlfail:
 static void
 sqf_row_clear(struct sqf_row *r)
 {
-    free(r->id);
-    free(r->stream);
-    free(r->type);
-    free(r->version);
-    free(r->raw);
+    if (r->ev != NULL) {
+        sq_event_unref(r->ev);
+    } else {
+        free((char *) r->id);
+        free((char *) r->stream);
+        free((char *) r->type);
+        free((char *) r->version);
+        free((char *) r->raw);
+    }
     memset(r, 0, sizeof(*r));
+}
+
+/* Rows from the tail, when it holds the next seq.  RETURNS: rows taken. */
+static int
+sqf_fetch_tail(struct sqf *f)
+{
+    size_t i, n;
+
+    if (f->tail == NULL)
+        return 0;
+    n = sq_tail_take(f->tail, f->next, f->evs, (size_t) f->batch, &f->tail_gen);
+    if (n > 0)
+        f->h->metric_add(f->inst, "sqlite_feed_from_memory", (double) n);
+    for (i = 0; i < n; i++) {
+        struct sq_event *ev = f->evs[i];
+
+        f->rows[i] = (struct sqf_row) { .seq = ev->seq, .id = ev->id, .stream = ev->stream,
+                                        .type = ev->type, .version = ev->version,
+                                        .raw = ev->body, .raw_len = ev->body_len, .ev = ev };
+    }
+    return (int) n;
 }
 
 /* Read up to batch rows after f->next into f->rows, ending the read
@@ -216,8 +252,10 @@ static int
 sqf_fetch(struct sqf *f)
 {
     sqlite3_stmt *st = f->sel;
-    int           rc, n = 0, ret = 0;
+    int           rc, n, ret = 0;
 
+    if ((n = sqf_fetch_tail(f)) > 0)
+        return n;
     sqlite3_bind_int64(st, 1, f->next);
     sqlite3_bind_int(st, 2, f->batch);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -229,6 +267,7 @@ sqf_fetch(struct sqf *f)
         r->version = sqlite3_column_type(st, 3) == SQLITE_NULL ? NULL : sqf_col_dup(st, 3);
         r->type = sqf_col_dup(st, 4);
         r->raw = sqf_col_dup(st, 5);
+        r->raw_len = r->raw != NULL ? strlen(r->raw) : 0;
         n++;
         if (r->id == NULL || r->stream == NULL || r->raw == NULL) {
             ret = -ENOMEM;
@@ -247,6 +286,8 @@ sqf_fetch(struct sqf *f)
             sqf_row_clear(&f->rows[--n]);
         return ret;
     }
+    if (n > 0)
+        f->h->metric_add(f->inst, "sqlite_feed_read", n);
     return n;
 }
 
@@ -262,13 +303,23 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
     uint64_t           ticket;
     int                ret, bad = 0;
 
-    if (ORDERD_HOST_HAS(h, msg_set_body_text)) {
+    if (r->ev != NULL && ORDERD_HOST_HAS(h, msg_set_body_json)) {
+        /* the store's msg_body_text(): JSON already */
+        m = h->msg_new(f->inst, NULL);
+        if (m == NULL)
+            return -ENOMEM;
+        ret = h->msg_set_body_json(m, r->raw, r->raw_len);
+        if (ret < 0) {
+            h->msg_free(m);
+            return ret;
+        }
+    } else if (ORDERD_HOST_HAS(h, msg_set_body_text)) {
         /* the stored text goes on as it is: a publisher that writes it out
          * (file, webhook) never needs a tree */
         m = h->msg_new(f->inst, NULL);
         if (m == NULL)
             return -ENOMEM;
-        ret = h->msg_set_body_text(m, r->raw, strlen(r->raw));
+        ret = h->msg_set_body_text(m, r->raw, r->raw_len);
         if (ret == -EINVAL) {
             bad = 1;
             h->msg_set_body(m, json_string(r->raw));
@@ -277,7 +328,7 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
             return ret;
         }
     } else {
-        body = jdec_loadb(r->raw, strlen(r->raw), &jerr);
+        body = jdec_loadb(r->raw, r->raw_len, &jerr);
         if (body == NULL) {
             /* cannot happen through the store; a hand-edited row goes to the dead letters */
             bad = 1;
@@ -394,7 +445,10 @@ sqf_run(void *arg)
             idle_ms = f->commit_at - sqf_mono_ms();
             if (idle_ms > f->poll_ms || idle_ms < 1)
                 idle_ms = f->poll_ms;
-            sqf_wait(f, idle_ms);
+            if (f->tail != NULL && !failed)
+                sq_tail_wait(f->tail, f->tail_gen, idle_ms);    /* or the next commit */
+            else
+                sqf_wait(f, idle_ms);
         }
     }
     return NULL;
@@ -414,9 +468,11 @@ sqf_start(void *state)
     f->stopping = 0;
     pthread_mutex_unlock(&f->lock);
     f->commit_at = sqf_mono_ms() + f->commit_ms;
+    sq_tail_feed(f->tail, 1);
     ret = pthread_create(&f->thread, NULL, sqf_run, f);
     if (ret != 0) {
         f->h->log(f->inst, ORDERD_LOG_ERR, "sqlite: cannot start the feed thread: %s", strerror(ret));
+        sq_tail_feed(f->tail, -1);
         return -ret;
     }
     f->started = 1;
@@ -434,8 +490,11 @@ sqf_stop(void *state)
     f->stopping = 1;
     pthread_cond_broadcast(&f->cond);
     pthread_mutex_unlock(&f->lock);
+    if (f->tail != NULL)
+        sq_tail_wake(f->tail);
     pthread_join(f->thread, NULL);
     f->started = 0;
+    sq_tail_feed(f->tail, -1);
     sqf_commit(f, 1);
 }
 
@@ -495,7 +554,8 @@ sqf_create(orderd_inst *inst, const orderd_host *h, const json_t *conf, void **s
     f->path = strdup(path ? path : "orders.db");
     f->consumer = strdup(consumer ? consumer : "feed");
     f->rows = calloc((size_t) batch, sizeof(*f->rows));
-    if (f->path == NULL || f->consumer == NULL || f->rows == NULL) {
+    f->evs = calloc((size_t) batch, sizeof(*f->evs));
+    if (f->path == NULL || f->consumer == NULL || f->rows == NULL || f->evs == NULL) {
         ret = -ENOMEM;
         goto fail;
     }
@@ -520,6 +580,7 @@ sqf_create(orderd_inst *inst, const orderd_host *h, const json_t *conf, void **s
     ret = sqf_cursor_load(f, start != NULL && strcmp(start, "end") == 0);
     if (ret < 0)
         goto fail;
+    f->tail = sq_tail_open(f->path);
     *state = f;
     return 0;
 
@@ -546,6 +607,8 @@ sqf_destroy(void *state)
     pthread_cond_destroy(&f->cond);
     pthread_mutex_destroy(&f->lock);
     lowmark_free(&f->inflight);
+    sq_tail_close(f->tail);
+    free(f->evs);
     free(f->rows);
     free(f->consumer);
     free(f->path);

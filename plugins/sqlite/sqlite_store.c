@@ -26,6 +26,7 @@
  * lookups under way, and the log can start over.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -63,6 +64,10 @@ struct sqs {
     sqlite3_stmt        *sp_release;
     sqlite3_stmt        *sp_rollback;
     struct jenc_buf      enc;       /* one message's text at a time; under wlock */
+    struct sq_tail      *tail;      /* the file's latest events, for feeds (NULL: none) */
+    int                  publish;   /* this batch's events go to the tail; under wlock */
+    struct sq_event    **pend;      /* this batch's events, until COMMIT; under wlock */
+    size_t               npend, pend_cap;
 
     pthread_mutex_t      rlock;     /* the reader pool */
     pthread_cond_t       rcond;
@@ -81,6 +86,9 @@ struct sqs_rec {
     const char *type;
     const char *time;
     const char *status;
+    int         type_len;   /* of the three above: -1 when NUL-terminated */
+    int         time_len;
+    int         status_len;
     const char *event_txt;  /* the message's body text or sqs.enc; NULL for a document */
     size_t      event_len;
     const char *snap_txt;   /* inside event_txt for an event, else into sqs.enc */
@@ -322,10 +330,82 @@ sqs_encode_event(struct sqs *s, json_t *body, struct sqs_rec *rec)
     return 0;
 }
 
-/* Check one message against the contract and encode it.
+/* The value of member key of the object text[0..len) when it is a string
+ * without escapes: *v and *n are its characters.  RETURNS: 0; -ENOENT when
+ * there is no such member; -EINVAL for any other value. */
+static int
+sqs_span_str(const char *text, size_t len, const char *key, const char **v, int *n)
+{
+    size_t at, k;
+    int    rc = jenc_member_span(text, len, key, &at, &k);
+
+    if (rc != 0)
+        return rc == -ENOENT ? -ENOENT : -EINVAL;
+    if (k < 2 || k > INT_MAX || text[at] != '"' || memchr(text + at + 1, '\\', k - 2) != NULL)
+        return -EINVAL;
+    *v = text + at + 1;
+    *n = (int) (k - 2);
+    return 0;
+}
+
+/* The event contract read from the body's text and the properties alone,
+ * so that a body that is only text (the orders transform's creates, ABI
+ * 1.6) is never decoded here.  Only the plain case: property order_id set,
+ * "type" (and "time", "status" of the snapshot, when there) strings
+ * without escapes, "version" a positive integer, "snapshot" an object.
+ * Anything else is left to the tree, which judges it as before.
+ * RETURNS: 0 with rec filled, or -1. */
+static int
+sqs_prepare_text(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
+{
+    const orderd_host *h = s->h;
+    const char        *txt, *snap;
+    size_t             len, at, n;
+    char               num[24], *end;
+    long long          v;
+
+    memset(rec, 0, sizeof(*rec));
+    rec->event_id = h->msg_id(m);
+    rec->key = h->msg_prop(m, "order_id");
+    if (rec->event_id == NULL || rec->event_id[0] == '\0' || rec->key == NULL || rec->key[0] == '\0')
+        return -1;
+    if ((txt = h->msg_body_text(m, &len)) == NULL
+        || jenc_member_span(txt, len, "snapshot", &at, &n) != 0 || txt[at] != '{')
+        return -1;
+    snap = txt + at;
+    rec->event_txt = txt;
+    rec->event_len = len;
+    rec->snap_txt = snap;
+    rec->snap_len = n;
+    if (sqs_span_str(txt, len, "type", &rec->type, &rec->type_len) != 0 || rec->type_len == 0)
+        return -1;
+    switch (sqs_span_str(txt, len, "time", &rec->time, &rec->time_len)) {
+    case 0: break;
+    case -ENOENT: rec->time = NULL; break;
+    default: return -1;
+    }
+    switch (sqs_span_str(snap, n, "status", &rec->status, &rec->status_len)) {
+    case 0: break;
+    case -ENOENT: rec->status = NULL; break;
+    default: return -1;
+    }
+    if (jenc_member_span(txt, len, "version", &at, &n) != 0 || n == 0 || n >= sizeof(num)
+        || strspn(txt + at, "0123456789") < n)
+        return -1;
+    memcpy(num, txt + at, n);
+    num[n] = '\0';
+    errno = 0;
+    v = strtoll(num, &end, 10);
+    if (errno != 0 || *end != '\0' || v < 1)
+        return -1;
+    rec->version = (json_int_t) v;
+    return 0;
+}
+
+/* Check one message against the contract and encode it, from its tree.
  * RETURNS: 0, or an outcome already recorded on the message (REJECT). */
 static int
-sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
+sqs_prepare_tree(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
 {
     const orderd_host *h = s->h;
     json_t            *body = ORDERD_HOST_HAS(h, msg_body_peek)
@@ -336,6 +416,7 @@ sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
     long long          v;
 
     memset(rec, 0, sizeof(*rec));
+    rec->type_len = rec->time_len = rec->status_len = -1;
     if (body == NULL)
         return h->reject(m, "sqlite: message has no body");
 
@@ -412,6 +493,16 @@ sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
     return 0;
 }
 
+/* Check one message against the contract and encode it.
+ * RETURNS: 0, or an outcome already recorded on the message (REJECT). */
+static int
+sqs_prepare_rec(struct sqs *s, orderd_msg *m, struct sqs_rec *rec)
+{
+    if (ORDERD_HOST_HAS(s->h, msg_body_text) && sqs_prepare_text(s, m, rec) == 0)
+        return 0;
+    return sqs_prepare_tree(s, m, rec);
+}
+
 static int
 sqs_step_reset(sqlite3_stmt *st)
 {
@@ -423,22 +514,24 @@ sqs_step_reset(sqlite3_stmt *st)
 }
 
 /* Write one record inside the batch's transaction.  *dup says whether its
- * event was already stored.  RETURNS: a SQLite result code. */
+ * event was already stored, *seq is the new event's seq.  RETURNS: a
+ * SQLite result code. */
 static int
-sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup)
+sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup, int64_t *seq)
 {
     sqlite3_stmt *st;
     int           rc;
 
     *dup = 0;
+    *seq = 0;
     if (rec->event_id != NULL) {
         st = s->ins_event;
         sqlite3_bind_text(st, 1, rec->event_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, rec->key, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, rec->version);
-        sqlite3_bind_text(st, 4, rec->type, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, rec->type, rec->type_len, SQLITE_STATIC);
         if (rec->time != NULL)
-            sqlite3_bind_text(st, 5, rec->time, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 5, rec->time, rec->time_len, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, rec->event_txt, (int) rec->event_len, SQLITE_STATIC);
         rc = sqs_step_reset(st);
         if (rc != SQLITE_OK)
@@ -448,6 +541,7 @@ sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup)
             *dup = 1;
             return SQLITE_OK;
         }
+        *seq = sqlite3_last_insert_rowid(s->wdb);
     }
 
     /* INSERT OR IGNORE + UPDATE instead of UPSERT: works with SQLite < 3.24 */
@@ -455,7 +549,7 @@ sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup)
     sqlite3_bind_text(st, 1, rec->key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, rec->version);
     if (rec->status != NULL)
-        sqlite3_bind_text(st, 3, rec->status, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, rec->status, rec->status_len, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, rec->snap_txt, (int) rec->snap_len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, now);
     rc = sqs_step_reset(st);
@@ -466,7 +560,7 @@ sqs_write(struct sqs *s, const struct sqs_rec *rec, int64_t now, int *dup)
     sqlite3_bind_text(st, 1, rec->key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, rec->version);
     if (rec->status != NULL)
-        sqlite3_bind_text(st, 3, rec->status, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, rec->status, rec->status_len, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, rec->snap_txt, (int) rec->snap_len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, now);
     return sqs_step_reset(st);
@@ -485,6 +579,44 @@ sqs_retry_all(struct sqs *s, orderd_msg *const *msgs, size_t n, orderd_result *o
         out[i].reason = s->h->msg_reason(msgs[i]);
         out[i].retry_after_ms = 0;
     }
+}
+
+/* The batch's events for the tail: dropped with the transaction... */
+static void
+sqs_pend_clear(struct sqs *s)
+{
+    while (s->npend > 0)
+        sq_event_unref(s->pend[--s->npend]);
+}
+
+/* ...or kept for sqs_pend_publish() once it committed.  An event that
+ * cannot be kept leaves a gap, and the tail starts over after it. */
+static void
+sqs_pend_add(struct sqs *s, const struct sqs_rec *rec, int64_t seq)
+{
+    struct sq_event *ev;
+
+    if (s->npend == s->pend_cap) {
+        size_t            cap = s->pend_cap ? 2 * s->pend_cap : 256;
+        struct sq_event **p = realloc(s->pend, cap * sizeof(*p));
+
+        if (p == NULL)
+            return;
+        s->pend = p;
+        s->pend_cap = cap;
+    }
+    ev = sq_event_new(seq, rec->event_id, rec->key, rec->type,
+                      rec->type_len < 0 ? strlen(rec->type) : (size_t) rec->type_len,
+                      rec->version, rec->event_txt, rec->event_len);
+    if (ev != NULL)
+        s->pend[s->npend++] = ev;
+}
+
+static void
+sqs_pend_publish(struct sqs *s)
+{
+    sq_tail_publish(s->tail, s->pend, s->npend);
+    s->npend = 0;
 }
 
 /* What sqs_apply() counted, for the metrics. */
@@ -508,9 +640,11 @@ sqs_apply(struct sqs *s, orderd_msg *const *msgs, size_t n, orderd_result *out, 
     const orderd_host *h = s->h;
     struct sqs_rec     rec;
     size_t             i;
+    int64_t            seq;
     int                rc, dup;
 
     memset(cnt, 0, sizeof(*cnt));
+    sqs_pend_clear(s);
     for (i = 0; i < n; i++) {
         if (sqs_prepare_rec(s, msgs[i], &rec) != 0) {
             out[i].outcome = ORDERD_REJECT;
@@ -519,7 +653,7 @@ sqs_apply(struct sqs *s, orderd_msg *const *msgs, size_t n, orderd_result *out, 
         }
         rc = savepoints ? sqs_step_reset(s->sp_begin) : SQLITE_OK;
         if (rc == SQLITE_OK)
-            rc = sqs_write(s, &rec, now, &dup);
+            rc = sqs_write(s, &rec, now, &dup, &seq);
         if (rc == SQLITE_OK && savepoints)
             rc = sqs_step_reset(s->sp_release);
         if (rc == SQLITE_OK) {
@@ -529,6 +663,8 @@ sqs_apply(struct sqs *s, orderd_msg *const *msgs, size_t n, orderd_result *out, 
                 cnt->dups++;
             else
                 cnt->inserted++;
+            if (s->publish && seq > 0)
+                sqs_pend_add(s, &rec, seq);
             continue;
         }
         if (sq_transient(rc) || sqlite3_get_autocommit(s->wdb) != 0)
@@ -563,6 +699,7 @@ sqs_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result 
     int                rc;
 
     pthread_mutex_lock(&s->wlock);
+    s->publish = sq_tail_wanted(s->tail);
     rc = sq_exec(s->wdb, "BEGIN IMMEDIATE");
     if (rc != SQLITE_OK) {
         snprintf(why, sizeof(why), "cannot begin a transaction: %s", sqlite3_errmsg(s->wdb));
@@ -587,6 +724,7 @@ sqs_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result 
     atomic_fetch_add_explicit(&s->commits, 1, memory_order_release);
     if (rc != SQLITE_OK)
         goto abort;
+    sqs_pend_publish(s);
     {
         int used = 0, peak = 0;
 
@@ -609,6 +747,7 @@ abort:
     /* some errors (I/O, full disk) already ended the transaction */
     if (sqlite3_get_autocommit(s->wdb) == 0)
         sq_exec(s->wdb, "ROLLBACK");
+    sqs_pend_clear(s);
     pthread_mutex_unlock(&s->wlock);
     h->log(s->inst, ORDERD_LOG_WARN, "sqlite: %s: %s", s->path, why);
     sqs_retry_all(s, msgs, n, out, why);
@@ -663,6 +802,7 @@ sqs_create(orderd_inst *inst, const orderd_host *h, const json_t *conf, void **s
     ret = sq_open(inst, h, &s->oo, &s->wdb);
     if (ret < 0)
         goto fail;
+    s->tail = sq_tail_open(s->path);
     if ((ret = sq_prepare(inst, h, s->wdb,
             "INSERT OR IGNORE INTO events(id, stream, version, type, time, body)"
             " VALUES(?1, ?2, ?3, ?4, ?5, ?6)", &s->ins_event)) < 0
@@ -704,6 +844,9 @@ sqs_destroy(void *state)
     if (s->wdb != NULL && sqlite3_close(s->wdb) != SQLITE_OK)
         s->h->log(s->inst, ORDERD_LOG_WARN, "sqlite: %s: close: %s", s->path,
                   sqlite3_errmsg(s->wdb));
+    sqs_pend_clear(s);
+    free(s->pend);
+    sq_tail_close(s->tail);
     pthread_cond_destroy(&s->rcond);
     pthread_mutex_destroy(&s->rlock);
     pthread_mutex_destroy(&s->wlock);
