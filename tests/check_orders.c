@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "msg.h"
 
 static const char *order_example =
     "{\"id\": \"ord-1001\", \"customerId\": \"c-42\", \"currency\": \"EUR\","
@@ -230,21 +231,90 @@ START_TEST(test_event_text)
     }
 
     /* a text set as given (spaces) stays as given inside the event's text */
-    orderd_msg *m = th_msg("{}");
-    const char *given = "{ \"id\" : \"o-t7\", \"items\" : [ ] }";
-    size_t len = 0;
-    json_t *back;
+    for (int empty = 0; empty < 2; empty++) {
+        orderd_msg *m = th_msg("{}");
+        const char *given = empty ? "{ }" : "{ \"id\" : \"o-t7\", \"items\" : [ ] }";
+        size_t len = 0;
+        json_t *back;
 
-    ck_assert_int_eq(h->msg_set_body_text(m, given, strlen(given)), 0);
-    ck_assert_int_eq(h->msg_set_id(m, "cmd-t7"), 0);
-    ck_assert_int_eq(th_process(s, m), ORDERD_OK);
-    const char *text = h->msg_body_text(m, &len);
-    ck_assert_ptr_nonnull(strstr(text, "\"data\":{ \"id\" : \"o-t7\", \"items\" : [ ] },"));
-    back = json_loadb(text, len, 0, NULL);
-    ck_assert_ptr_nonnull(back);
-    ck_assert(json_equal(back, h->msg_body_peek(m)));
-    json_decref(back);
-    th_msg_free(m);
+        ck_assert_int_eq(h->msg_set_body_text(m, given, strlen(given)), 0);
+        ck_assert_int_eq(h->msg_set_prop(m, "order_id", "o-t7"), 0);
+        ck_assert_int_eq(h->msg_set_id(m, empty ? "cmd-t8" : "cmd-t7"), 0);
+        ck_assert_int_eq(th_process(s, m), ORDERD_OK);
+        const char *text = h->msg_body_text(m, &len);
+        char want[128];
+
+        snprintf(want, sizeof(want), "\"data\":%s,", given);
+        ck_assert_ptr_nonnull(strstr(text, want));
+        back = json_loadb(text, len, 0, NULL);
+        ck_assert_msg(back != NULL, "not JSON: %s", text);
+        ck_assert(json_equal(back, h->msg_body_peek(m)));
+        json_decref(back);
+        th_msg_free(m);
+    }
+    th_stage_free(s);
+}
+END_TEST
+
+/* A create whose body the snapshot keeps as it is becomes an event that is
+ * text alone (ABI 1.6, msg_set_body_json): no tree until a stage asks, and
+ * that text holds exactly the event the tree would have been, members in
+ * the same order. */
+START_TEST(test_create_text_only)
+{
+    static const char *bodies[] = {
+        "{\"id\":\"o-x1\",\"customerId\":\"c\",\"currency\":\"EUR\","
+        "\"items\":[{\"sku\":\"s\",\"qty\":2,\"price\":19.99},{\"sku\":\"t\",\"qty\":1,\"price\":0.015}]}",
+        "{\"customerId\":\"c\",\"items\":[]}",        /* id from the property: appended */
+        "{}",
+    };
+    const orderd_host *h = th_host();
+    struct th_stage *s = th_stage_new("orders", ORDERD_TRANSFORM, "");
+
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        orderd_msg *m = th_msg(bodies[i]);
+        json_t *cmd = json_loads(bodies[i], 0, NULL), *want, *ev, *snap;
+        const char *time;
+        char *a, *b, oid[16], cid[16], evt[37];
+
+        snprintf(oid, sizeof(oid), "o-x%zu", i + 1);
+        snprintf(cid, sizeof(cid), "cmd-x%zu", i);
+        ck_assert_int_eq(h->msg_set_body_text(m, bodies[i], strlen(bodies[i])), 0);
+        ck_assert_int_eq(h->msg_set_prop(m, "order_id", oid), 0);
+        ck_assert_int_eq(h->msg_set_id(m, cid), 0);
+        ck_assert_int_eq(th_process(s, m), ORDERD_OK);
+        ck_assert_msg(m->body == NULL, "create %zu: the event was built as a tree", i);
+        check_text(m);     /* decodes it, and the text is what the encoder writes */
+
+        ev = (json_t *)h->msg_body_peek(m);
+        time = json_string_value(json_object_get(ev, "time"));
+        ck_assert_ptr_nonnull(time);
+        expected_event_id(oid, cid, evt);
+        snap = json_copy(cmd);
+        json_object_set_new(snap, "id", json_string(oid));
+        json_object_set_new(snap, "status", json_string("created"));
+        json_object_set_new(snap, "version", json_integer(1));
+        json_object_set_new(snap, "totals", json_pack("{s:f, s:I}", "subtotal", i == 0 ? 39.99 : 0.0,
+                                                      "itemCount", (json_int_t)(i == 0 ? 3 : 0)));
+        json_object_set_new(snap, "createdAt", json_string(time));
+        json_object_set_new(snap, "updatedAt", json_string(time));
+        want = json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:O, s:o}", "id", evt, "type", "OrderCreated",
+                         "orderId", oid, "version", (json_int_t)1, "time", time, "commandId", cid,
+                         "data", cmd, "snapshot", snap);
+        a = json_dumps(want, JSON_COMPACT | JSON_REAL_PRECISION(15));
+        b = json_dumps(ev, JSON_COMPACT | JSON_REAL_PRECISION(15));
+        ck_assert_str_eq(b, a);
+        ck_assert_str_eq(h->msg_prop(m, "order_id"), oid);
+        ck_assert_str_eq(h->msg_prop(m, "version"), "1");
+        ck_assert_str_eq(h->msg_prop(m, "type"), "OrderCreated");
+        ck_assert_str_eq(h->msg_partition_key(m), oid);
+        ck_assert_str_eq(h->msg_id(m), evt);
+        free(a);
+        free(b);
+        json_decref(want);
+        json_decref(cmd);
+        th_msg_free(m);
+    }
     th_stage_free(s);
 }
 END_TEST
@@ -380,6 +450,7 @@ int main(void)
     tcase_add_test(tc, test_lifecycle);
     tcase_add_test(tc, test_rejects);
     tcase_add_test(tc, test_event_text);
+    tcase_add_test(tc, test_create_text_only);
     tcase_add_test(tc, test_deterministic_id);
     tcase_add_test(tc, test_redelivery_reemits);
     tcase_add_test(tc, test_custom_transitions);

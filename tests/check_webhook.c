@@ -29,6 +29,7 @@
 #include <openssl/hmac.h>
 
 #include "harness.h"
+#include "msg.h"
 #include "../plugins/webhook/webhook.h"
 
 #define WAIT_MS 15000
@@ -517,6 +518,61 @@ START_TEST(test_fanout_formats)
     ck_assert(th_metric(s, "webhook_deadlettered") == 0);
     for (i = 0; i < 3; i++)
         th_msg_free(m[i]);
+    th_stage_free(s);
+}
+END_TEST
+
+/* An event that is text alone (the orders transform's creates, ABI 1.6)
+ * is published from its text and properties without being decoded; a
+ * "time" the text cannot give plainly (escaped) comes from the tree. */
+START_TEST(test_text_only_event)
+{
+    struct rcv *ce = rcv_start("ce", 200);
+    const orderd_host *h = th_host();
+    orderd_msg *m[2];
+    orderd_result res[2];
+    char conf[512], text[2][256];
+    struct th_stage *s;
+    json_t *reqs, *b;
+    size_t i;
+
+    snprintf(conf, sizeof(conf),
+             "queue_dir = \"q\"; source = \"/t\"; subscribers = ("
+             " { name = \"ce\"; url = \"http://127.0.0.1:%d/hook\"; batch_max = 1; } );", ce->port);
+    s = th_stage_new("webhook", ORDERD_PUBLISH, conf);
+    for (i = 0; i < 2; i++) {
+        snprintf(text[i], sizeof(text[i]),
+                 "{\"id\":\"evt-t%zu\",\"type\":\"OrderCreated\",\"orderId\":\"ord-t\",\"version\":1,"
+                 "\"time\":\"%s\",\"snapshot\":{\"n\":%zu}}",
+                 i, i == 0 ? "2026-12-06T12:00:00.000Z" : "2026-12-06T12:00:01.000\\u005a", i);
+        m[i] = th_msg("{}");
+        ck_assert_int_eq(h->msg_set_body_json(m[i], text[i], strlen(text[i])), 0);
+        ck_assert_int_eq(h->msg_set_id(m[i], i == 0 ? "evt-t0" : "evt-t1"), 0);
+        ck_assert_int_eq(h->msg_set_prop(m[i], "type", "OrderCreated"), 0);
+        ck_assert_int_eq(h->msg_set_prop(m[i], "order_id", "ord-t"), 0);
+    }
+    ck_assert_int_eq(th_process_batch(s, m, 2, res), 0);
+    ck_assert_int_eq(res[0].outcome, ORDERD_OK);
+    ck_assert_int_eq(res[1].outcome, ORDERD_OK);
+    ck_assert_ptr_null(m[0]->body);
+    ck_assert_ptr_nonnull(m[1]->body);
+    reqs = rcv_wait(ce, 2, 200);
+    ck_assert_uint_eq(json_array_size(reqs), 2);
+    for (i = 0; i < 2; i++) {
+        json_t *want = json_loads(text[i], 0, NULL);
+
+        b = body_of(json_array_get(reqs, i));
+        ck_assert_str_eq(json_string_value(json_object_get(b, "id")), i == 0 ? "evt-t0" : "evt-t1");
+        ck_assert_str_eq(json_string_value(json_object_get(b, "time")),
+                         i == 0 ? "2026-12-06T12:00:00.000Z" : "2026-12-06T12:00:01.000Z");
+        ck_assert_str_eq(json_string_value(json_object_get(b, "subject")), "orders/ord-t");
+        ck_assert(json_equal(json_object_get(b, "data"), want));
+        json_decref(want);
+        json_decref(b);
+    }
+    json_decref(reqs);
+    th_msg_free(m[0]);
+    th_msg_free(m[1]);
     th_stage_free(s);
 }
 END_TEST
@@ -1237,6 +1293,7 @@ webhook_suite(void)
     tcase_add_test(tc, test_retry_after_honoured);
     tcase_add_test(tc, test_restart_resumes);
     tcase_add_test(tc, test_format_bytes);
+    tcase_add_test(tc, test_text_only_event);
     tcase_add_test(tc, test_batch_default);
     tcase_add_test(tc, test_batch_max_request_size);
     tcase_add_test(tc, test_batch_retry_same_events);

@@ -354,6 +354,22 @@ static orderd_outcome ord_emit(struct ord_state *st, orderd_msg *m, json_t *even
     return ORDERD_OK;
 }
 
+/* ord_emit() for an event that is text alone (ord_create_text). */
+static orderd_outcome ord_emit_text(struct ord_state *st, orderd_msg *m, const char *id, const char *type,
+                                    const char *oid, const char *text, size_t text_len)
+{
+    const orderd_host *h = st->host;
+    /* oid lives in the body this replaces, or is the property set here */
+    char *key = strdup(oid);
+    int rc;
+
+    rc = key == NULL || h->msg_set_id(m, id) < 0 || h->msg_set_prop(m, "type", type) < 0
+         || h->msg_set_prop(m, "order_id", key) < 0 || h->msg_set_prop(m, "version", "1") < 0
+         || h->msg_set_partition_key(m, key) < 0 || h->msg_set_body_json(m, text, text_len) < 0;
+    free(key);
+    return rc ? h->retry(m, 0, "out of memory") : ORDERD_OK;
+}
+
 /* Does snap begin with body's members, unchanged?  The snapshot of a create
  * is a shallow copy of the body with members added after them, and the
  * order id set again (to the same string). */
@@ -401,7 +417,7 @@ static char *ord_event_text(const json_t *event, const json_t *body, const char 
             rc = jenc_put(&b, btxt, blen);
         } else if (strcmp(key, "snapshot") == 0 && json_is_object(v) && ord_snap_extends(v, body)) {
             size_t skip = json_object_size(body), i = 0;
-            int empty = blen == 2;
+            int empty = skip == 0;   /* "{ }" as given is empty too */
             const char *k2;
             json_t *v2;
 
@@ -442,7 +458,9 @@ static int ord_lookup(struct ord_state *st, const char *key, json_t **out)
     return rc;
 }
 
-static void ord_totals(json_t *snap)
+/* {"subtotal": sum(qty * price) in cents, "itemCount": sum(qty)} of an
+ * order's items.  RETURNS: a new object, or NULL when out of memory. */
+static json_t *ord_totals_of(const json_t *snap)
 {
     const json_t *items = json_object_get(snap, "items");
     const json_t *it;
@@ -459,8 +477,67 @@ static void ord_totals(json_t *snap)
             sum += qty * json_number_value(p);
         count += (json_int_t)qty;
     }
-    json_object_set_new(snap, "totals", json_pack("{s:f, s:I}", "subtotal", round(sum * 100.0) / 100.0,
-                                                  "itemCount", count));
+    return json_pack("{s:f, s:I}", "subtotal", round(sum * 100.0) / 100.0, "itemCount", count);
+}
+
+static void ord_totals(json_t *snap)
+{
+    json_object_set_new(snap, "totals", ord_totals_of(snap));
+}
+
+/* A create's event as text alone (ABI 1.6), with no tree at all: the text
+ * ord_event_text() would make of the event, written straight from the
+ * command's text.  Only when that is certain: a body whose members the
+ * snapshot keeps as they are (no "status", "version", "totals",
+ * "createdAt" or "updatedAt" of its own, an "id" only if it is the order
+ * id), and a transition that files no command data.  The tree is decoded
+ * from the text if a stage after us asks for it.
+ * RETURNS: malloc'd text of *len bytes, or NULL (then the tree is built). */
+static char *ord_create_text(const struct ord_trans *t, const json_t *body, const char *btxt,
+                             size_t blen, const char *evt_id, const char *oid,
+                             const char *cmd_id, const char *now, size_t *len)
+{
+    static const char *const added[] = { "status", "version", "totals", "createdAt", "updatedAt" };
+    struct jenc_buf b = { NULL, 0, 0, 0 };
+    const json_t *id = json_object_get(body, "id");
+    json_t *totals;
+    size_t i;
+    int rc, members = json_is_object(body) && json_object_size(body) > 0;
+
+    if (t->field != NULL || blen < 2 || btxt[0] != '{' || btxt[blen - 1] != '}' ||
+        !json_is_object(body) || (id != NULL && !(json_is_string(id) && strcmp(json_string_value(id), oid) == 0)))
+        return NULL;
+    for (i = 0; i < sizeof(added) / sizeof(added[0]); i++)
+        if (json_object_get(body, added[i]) != NULL)
+            return NULL;
+    totals = ord_totals_of(body);
+    if (totals == NULL)
+        return NULL;
+    rc = jenc_reserve(&b, 2 * blen + 512) ||
+         jenc_put(&b, "{\"id\":", 6) || jenc_string(&b, evt_id, strlen(evt_id)) ||
+         jenc_put(&b, ",\"type\":", 8) || jenc_string(&b, t->event, strlen(t->event)) ||
+         jenc_put(&b, ",\"orderId\":", 11) || jenc_string(&b, oid, strlen(oid)) ||
+         jenc_put(&b, ",\"version\":1,\"time\":", 20) || jenc_string(&b, now, strlen(now)) ||
+         jenc_put(&b, ",\"commandId\":", 13) || jenc_string(&b, cmd_id, strlen(cmd_id)) ||
+         jenc_put(&b, ",\"data\":", 8) || jenc_put(&b, btxt, blen) ||
+         jenc_put(&b, ",\"snapshot\":", 12) || jenc_put(&b, btxt, blen - 1);
+    if (!rc && id == NULL)
+        rc = jenc_put(&b, members ? ",\"id\":" : "\"id\":", members ? 6 : 5) ||
+             jenc_string(&b, oid, strlen(oid)) || jenc_put(&b, ",", 1);
+    else if (!rc && members)
+        rc = jenc_put(&b, ",", 1);
+    rc = rc || jenc_put(&b, "\"status\":", 9) || jenc_string(&b, t->to, strlen(t->to)) ||
+         jenc_put(&b, ",\"version\":1,\"totals\":", 22) || jenc_dump(&b, totals) ||
+         jenc_put(&b, ",\"createdAt\":", 13) || jenc_string(&b, now, strlen(now)) ||
+         jenc_put(&b, ",\"updatedAt\":", 13) || jenc_string(&b, now, strlen(now)) ||
+         jenc_put(&b, "}}", 2);
+    json_decref(totals);
+    if (rc != 0) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
 }
 
 /* ---- process ---- */
@@ -554,6 +631,19 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
             goto done;
         }
         t = create_t;
+        if (peek && body != NULL && ORDERD_HOST_HAS(h, msg_set_body_json)) {
+            size_t blen = 0;
+            const char *btxt = h->msg_body_text(m, &blen);
+
+            ord_now(now);
+            if (btxt != NULL &&
+                (text = ord_create_text(t, body, btxt, blen, evt_id, oid, cmd_id, now, &text_len)) != NULL) {
+                h->metric_add(st->inst, "events", 1);
+                out = ord_emit_text(st, m, evt_id, t->event, oid, text, text_len);
+                free(text);
+                goto done;
+            }
+        }
         /* Shallow: the snapshot's members (items, ...) are the command's
          * own values, shared with the event's "data"; only top-level keys
          * are set below.  See "Shared values" in the plugin's README. */

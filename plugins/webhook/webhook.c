@@ -26,6 +26,7 @@
 
 #include <curl/curl.h>
 
+#include "../common/jsonenc.h"
 #include "webhook.h"
 
 #define WH_BATCH_LIMIT 1000
@@ -510,15 +511,44 @@ wh_matches(const struct wh_sub *s, const char *type)
     return 0;
 }
 
+/* The "time" of a message that carries type and order_id as properties
+ * (the `orders` contract), read from its text into buf, so that a body that
+ * is text alone is not decoded for it.  RETURNS: 1 with ev->time set (NULL
+ * when there is none), 0 when only the tree can tell. */
+static int
+wh_time_of_text(const orderd_host *h, orderd_msg *m, struct wh_event_in *ev, char *buf, size_t blen)
+{
+    const char *text;
+    size_t len, at, n;
+    int rc;
+
+    if (h->msg_prop(m, "type") == NULL
+        || h->msg_prop(m, "order_id") == NULL || (text = h->msg_body_text(m, &len)) == NULL)
+        return 0;
+    rc = jenc_member_span(text, len, "time", &at, &n);
+    if (rc == -ENOENT) {
+        ev->time = NULL;
+        return 1;
+    }
+    if (rc != 0 || n < 2 || n - 2 >= blen || text[at] != '"' || memchr(text + at + 1, '\\', n - 2))
+        return 0;
+    memcpy(buf, text + at + 1, n - 2);
+    buf[n - 2] = '\0';
+    ev->time = buf;
+    return 1;
+}
+
 /* The event fields of a message: properties first (the `orders` contract),
  * then the body's own fields, so events from other producers still work. */
 static void
 wh_event_of(const orderd_host *h, orderd_msg *m, struct wh_event_in *ev, char *subject,
-            size_t slen)
+            size_t slen, char *tbuf, size_t tlen)
 {
-    /* Read only, so the body text a store before us made is reused. */
+    /* Read only, so the body text a store before us made is reused; and a
+     * body that is text alone stays so when the text tells all we need. */
     bool text = ORDERD_HOST_HAS(h, msg_body_text);
-    json_t *body = text ? (json_t *) h->msg_body_peek(m) : h->msg_body(m);
+    bool plain = text && wh_time_of_text(h, m, ev, tbuf, tlen);
+    json_t *body = plain ? NULL : text ? (json_t *) h->msg_body_peek(m) : h->msg_body(m);
     const char *oid;
 
     ev->data_text = NULL;
@@ -534,7 +564,8 @@ wh_event_of(const orderd_host *h, orderd_msg *m, struct wh_event_in *ev, char *s
         snprintf(subject, slen, "orders/%s", oid);
         ev->subject = subject;
     }
-    ev->time = json_string_value(json_object_get(body, "time"));
+    if (!plain)
+        ev->time = json_string_value(json_object_get(body, "time"));
     ev->data = body;
     if (text)
         ev->data_text = h->msg_body_text(m, &ev->data_len);   /* NULL: encoded below */
@@ -561,13 +592,13 @@ wh_process_batch(void *state, orderd_msg *const *msgs, size_t n, orderd_result *
     }
 
     for (i = 0; i < n; i++) {
-        char subject[512], *text[2] = { NULL, NULL };
+        char subject[512], tbuf[64], *text[2] = { NULL, NULL };
         struct wh_event_in ev;
         const char *type;
 
         const char *only = h->msg_prop(msgs[i], WH_SUBSCRIBER_PROP);
 
-        wh_event_of(h, msgs[i], &ev, subject, sizeof(subject));
+        wh_event_of(h, msgs[i], &ev, subject, sizeof(subject), tbuf, sizeof(tbuf));
         type = ev.type;   /* what filters match: NULL matches only "all" */
         if (ev.type == NULL)
             ev.type = "orderd.event";
