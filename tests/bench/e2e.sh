@@ -18,6 +18,8 @@
 # Knobs (defaults): N [100000]  CONNS [256]  WRK_THREADS [2]  LIMIT [300] s
 #   HTTP_THREADS [2]  WORKERS [2]  BATCH [256]  QUEUE [4096]
 #   SQLITE_SYNC [full]  CHECKPOINT [32MiB] (sqlite checkpoint_size)  SYNC [true] (spool)  PROJECTIONS [1]
+#   PERF=1  record `perf record` (PERF_ARGS [-g]) of orderd from the first POST
+#           until everything is stored and delivered, into $PERF_OUT [./e2e.perf.data]
 NAME=e2e.sh
 . "$(dirname "$0")/benchlib.sh"
 N=${N:-100000} CONNS=${CONNS:-256} WRK_THREADS=${WRK_THREADS:-2} LIMIT=${LIMIT:-300}
@@ -98,6 +100,10 @@ cpu_ticks() {   # cpu_ticks PID : user+system clock ticks so far
     awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 cpu0=$(cpu_ticks "$OD_PID")
+if [ "${PERF:-0}" = 1 ]; then
+    perf record ${PERF_ARGS:--g} -p "$OD_PID" -o "${PERF_OUT:-$PWD/e2e.perf.data}" 2>"$T/perf.log" &
+    PERF_PID=$!
+fi
 wrk -t "$WRK_THREADS" -c "$CONNS" -d "${LIMIT}s" --latency -s "$HERE/post.lua" \
     "http://127.0.0.1:$OD_PORT/orders" -- "e2e$$" > "$T/wrk.out" 2>&1 &
 WRK_PID=$!
@@ -106,6 +112,10 @@ PIDS+=("$WRK_PID")
 $U e2e-watch "$METRICS" "$DB" "$N" "$WRK_PID" "$LIMIT" "$T/mid.txt" > "$T/watch.out"
 kill -INT "$WRK_PID" 2>/dev/null; wait "$WRK_PID" 2>/dev/null
 cpu1=$(cpu_ticks "$OD_PID")
+if [ -n "${PERF_PID:-}" ]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID"
+    echo "perf data: ${PERF_OUT:-$PWD/e2e.perf.data}"
+fi
 w() { sed -n "s/^$1 //p" "$T/watch.out"; }
 M=$(w measured)
 
