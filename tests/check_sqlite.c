@@ -860,6 +860,34 @@ START_TEST(test_store_checkpoint_size)
 }
 END_TEST
 
+/* A new file gets 16 KiB pages; a file that exists keeps its own page size
+ * (WAL mode cannot change it) and is written as before. */
+START_TEST(test_store_page_size)
+{
+    struct th_stage *s;
+    sqlite3         *db;
+
+    s = store_new("pages-new.db", NULL);
+    store_one(s, "ord-p1", "evt-p1", "OrderCreated", 1, "created");
+    th_stage_free(s);
+    db = db_open("pages-new.db");
+    ck_assert_int_eq(db_int(db, "PRAGMA page_size"), 16384);
+    sqlite3_close(db);
+
+    ck_assert_int_eq(sqlite3_open(db_path("pages-old.db"), &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, "PRAGMA page_size=4096; PRAGMA journal_mode=WAL;"
+                                  " CREATE TABLE t(x);", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    s = store_new("pages-old.db", NULL);
+    store_one(s, "ord-p2", "evt-p2", "OrderCreated", 1, "created");
+    th_stage_free(s);
+    db = db_open("pages-old.db");
+    ck_assert_int_eq(db_int(db, "PRAGMA page_size"), 4096);
+    ck_assert_int_eq(db_int(db, "SELECT count(*) FROM snapshots WHERE id = 'ord-p2'"), 1);
+    sqlite3_close(db);
+}
+END_TEST
+
 /* cache_size: the writing connection's page cache, which the
  * sqlite_cache_bytes gauge reports: 500 events (most of a MiB) stay cached
  * with 16MiB, while 64KiB holds the cache near that size. */
@@ -1390,6 +1418,7 @@ sqlite_suite(void)
     tcase_add_test(tc, test_store_appends_events);
     tcase_add_test(tc, test_store_event_text_exact);
     tcase_add_test(tc, test_store_event_text_only);
+    tcase_add_test(tc, test_store_page_size);
     tcase_add_test(tc, test_jsonenc_matches_jansson);
     tcase_add_test(tc, test_jsonenc_member_span);
     tcase_add_test(tc, test_jsondec_matches_jansson);

@@ -18,6 +18,8 @@
 
 #include "sq.h"
 
+#define SQ_PAGE_SIZE "16384"
+
 /* The events table of version 2 (no UNIQUE on id), created as events_v2. */
 #define SQ_EVENTS_V2(name)                           \
     "CREATE TABLE " name " ("                        \
@@ -315,6 +317,14 @@ sq_open(orderd_inst *inst, const orderd_host *h, const struct sq_open_opts *o,
         *out = db;
         return 0;
     }
+    /* A new file gets 16 KiB pages (an existing one keeps its own): an
+     * order's rows take ~2 KB, so a batch is a quarter as many pages to
+     * write to the log and copy at checkpoints, each a system call, and the
+     * trees are shallower; a third less CPU per stored order in the
+     * experiment recorded in README.md. */
+    rc = sq_exec(db, "PRAGMA page_size=" SQ_PAGE_SIZE);
+    if (rc != SQLITE_OK)
+        goto sqlfail;
     ret = sq_wal(inst, h, db, o->path);
     if (ret < 0)
         goto fail;
