@@ -17,14 +17,14 @@
 # Knobs (defaults): N [1000000]  CONNS [64]  WRK_THREADS [2]  FILL_LIMIT [600] s
 #   DRAIN_LIMIT [300] s  HTTP_THREADS [2]  FILL_SYNC [false] (spool sync while
 #   filling: memory does not depend on it, fill time does)  WORKERS [2]
-#   BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]  CHECKPOINT [32MiB] (sqlite checkpoint_size)
+#   BATCH [1024]  QUEUE [4096]  SQLITE_SYNC [full]  CHECKPOINT [32MiB] (sqlite checkpoint_size)
 #   PERF=1  record `perf record -g` of orderd while it drains into $PERF_OUT
 #           [./backlog.perf.data]
 NAME=backlog.sh
 . "$(dirname "$0")/benchlib.sh"
 N=${N:-1000000} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} FILL_LIMIT=${FILL_LIMIT:-600}
 DRAIN_LIMIT=${DRAIN_LIMIT:-300} HTTP_THREADS=${HTTP_THREADS:-2} FILL_SYNC=${FILL_SYNC:-false}
-WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB}
+WORKERS=${WORKERS:-2} BATCH=${BATCH:-1024} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB}
 [ -f "$BUILD/tests/.libs/testkit.so" ] ||
     { echo "backlog.sh: $BUILD/tests/.libs/testkit.so missing (make -C $BUILD/tests testkit.la)" >&2; exit 2; }
 PLUGINS=$PLUGINS:$BUILD/tests/.libs

@@ -16,14 +16,14 @@
 # (the 202 waits for a group commit), not what the pipeline can process;
 # 256 keep the pipeline busy, and CONNS=64 still measures the other.
 # Knobs (defaults): N [100000]  CONNS [256]  WRK_THREADS [2]  LIMIT [300] s
-#   HTTP_THREADS [2]  WORKERS [2]  BATCH [256]  QUEUE [4096]
+#   HTTP_THREADS [2]  WORKERS [2]  BATCH [1024]  QUEUE [4096]
 #   SQLITE_SYNC [full]  CHECKPOINT [32MiB] (sqlite checkpoint_size)  SYNC [true] (spool)  PROJECTIONS [1]
 #   PERF=1  record `perf record` (PERF_ARGS [-g]) of orderd from the first POST
 #           until everything is stored and delivered, into $PERF_OUT [./e2e.perf.data]
 NAME=e2e.sh
 . "$(dirname "$0")/benchlib.sh"
 N=${N:-100000} CONNS=${CONNS:-256} WRK_THREADS=${WRK_THREADS:-2} LIMIT=${LIMIT:-300}
-HTTP_THREADS=${HTTP_THREADS:-2} WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096}
+HTTP_THREADS=${HTTP_THREADS:-2} WORKERS=${WORKERS:-2} BATCH=${BATCH:-1024} QUEUE=${QUEUE:-4096}
 SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB} SYNC=${SYNC:-true} PROJECTIONS=${PROJECTIONS:-1}
 
 HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)

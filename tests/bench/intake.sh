@@ -13,8 +13,8 @@
 #                       processing while intake is measured;
 #                       intake: http -> durable spool only (no stages after)
 #   HTTP_THREADS [2]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
-#   WORKERS [2]  BATCH [256]  QUEUE [4096]  SQLITE_SYNC [full]  CHECKPOINT [32MiB]
-#   PERF=1  record `perf record -g` of orderd during the run into $PERF_OUT
+#   WORKERS [2]  BATCH [1024]  QUEUE [4096]  SQLITE_SYNC [full]  CHECKPOINT [32MiB]
+#   PERF=1  record `perf record` (PERF_ARGS [-g]) of orderd during the run into $PERF_OUT
 #           [./intake.perf.data]
 #   ROUNDS [1]  more than 1: after the first (reported in full), run nginx
 #           and orderd again in turn, print each round's ratio and the median
@@ -28,7 +28,7 @@ NAME=intake.sh
 . "$(dirname "$0")/benchlib.sh"
 DURATION=${DURATION:-15s} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} WARMUP=${WARMUP:-3s}
 PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-2} SYNC=${SYNC:-true}
-WORKERS=${WORKERS:-2} BATCH=${BATCH:-256} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB}
+WORKERS=${WORKERS:-2} BATCH=${BATCH:-1024} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB}
 
 NGX_PORT=$($U free-port) HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
 
@@ -129,7 +129,7 @@ echo
 
 run_wrk nginx "$NGX_PORT"
 if [ "${PERF:-0}" = 1 ]; then
-    perf record -g -p "$OD_PID" -o "${PERF_OUT:-$PWD/intake.perf.data}" 2>"$T/perf.log" &
+    perf record ${PERF_ARGS:--g} -p "$OD_PID" -o "${PERF_OUT:-$PWD/intake.perf.data}" 2>"$T/perf.log" &
     PERF_PID=$!
 fi
 run_wrk orderd "$OD_PORT" "$OD_PID"
