@@ -196,7 +196,7 @@ START_TEST(test_store_event_text_only)
         "\"snapshot\":{\"n\":1,\"id\":\"%s\",\"status\":\"%s\",\"version\":1}}";
     struct th_stage *s = store_new("textonly.db", NULL);
     sqlite3         *db;
-    char             text[512], sql[160], buf[512], got[512];
+    char             text[512], sql[160], buf[1024], got[1024];
 
     for (int escaped = 0; escaped < 2; escaped++) {
         const char *ev = escaped ? "evt-o2" : "evt-o1", *oid = escaped ? "ord-o2" : "ord-o1";
