@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <sqlite3.h>
 #include <orderd/plugin.h>
 
@@ -96,6 +97,10 @@ size_t sq_tail_take(struct sq_tail *t, int64_t after, struct sq_event **out, siz
 /* Sleep up to ms unless something was published or woken since gen. */
 void sq_tail_wait(struct sq_tail *t, uint64_t gen, int64_t ms);
 void sq_tail_wake(struct sq_tail *t);
+
+/* CLOCK_MONOTONIC ms from now, for pthread_cond_timedwait on a condition
+ * variable made with that clock. */
+struct timespec sq_deadline(int64_t ms);
 
 /* Wall clock, Unix epoch milliseconds. */
 int64_t sq_now_ms(void);

@@ -381,15 +381,8 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
 static void
 sqf_wait(struct sqf *f, int64_t ms)
 {
-    struct timespec ts;
+    struct timespec ts = sq_deadline(ms);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
     pthread_mutex_lock(&f->lock);
     if (!f->stopping)
         pthread_cond_timedwait(&f->cond, &f->lock, &ts);

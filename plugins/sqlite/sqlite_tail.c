@@ -239,15 +239,8 @@ sq_tail_take(struct sq_tail *t, int64_t after, struct sq_event **out, size_t max
 void
 sq_tail_wait(struct sq_tail *t, uint64_t gen, int64_t ms)
 {
-    struct timespec ts;
+    struct timespec ts = sq_deadline(ms);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
     pthread_mutex_lock(&t->lock);
     while (t->gen == gen && pthread_cond_timedwait(&t->more, &t->lock, &ts) == 0)
         ;
