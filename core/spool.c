@@ -631,9 +631,7 @@ static void spool_ack_put(unsigned char *e, uint64_t seq)
     spool_put64(e + 8, ~seq);
 }
 
-/* Remember n completions (entries of SPOOL_ACK bytes in e), with one write.
- * Not fsynced on purpose: a lost ack only causes a redelivery after a
- * crash.  Called with the lock held. */
+/* Completions for g could not be recorded: say so once (lock held). */
 static void spool_ack_failed(struct od_spool *s, struct spool_seg *g, int err)
 {
     if (!g->ack_failed)
@@ -671,6 +669,9 @@ static int spool_ack_put_all(int fd, const unsigned char *e, size_t n)
     return w < 0 ? errno : EIO;
 }
 
+/* Remember n completions (entries of SPOOL_ACK bytes in e), with one write.
+ * Not fsynced on purpose: a lost ack only causes a redelivery after a
+ * crash.  Called with the lock held. */
 static void spool_ack_write(struct od_spool *s, struct spool_seg *g, const unsigned char *e,
                             size_t n)
 {

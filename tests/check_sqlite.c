@@ -418,6 +418,22 @@ START_TEST(test_jsonenc_member_span)
     ck_assert_int_eq(jenc_member_span("{\"a\":", 5, "a", &off, &n), -EINVAL);
     ck_assert_int_eq(jenc_member_span("{\"a\":1", 6, "b", &off, &n), -EINVAL);
     ck_assert_int_eq(jenc_member_span("{", 1, "a", &off, &n), -EINVAL);
+
+    /* jenc_member_str: a plain string's characters, or why not */
+    {
+        static const char t[] = "{\"a\":\"x y\",\"b\":\"q\\\"\",\"c\":7,\"d\":\"\"}";
+        const char *v = NULL;
+
+        ck_assert_int_eq(jenc_member_str(t, strlen(t), "a", &v, &n), 0);
+        ck_assert_uint_eq(n, 3);
+        ck_assert_int_eq(memcmp(v, "x y", 3), 0);
+        ck_assert_int_eq(jenc_member_str(t, strlen(t), "d", &v, &n), 0);
+        ck_assert_uint_eq(n, 0);
+        ck_assert_int_eq(jenc_member_str(t, strlen(t), "b", &v, &n), -EINVAL);   /* escaped */
+        ck_assert_int_eq(jenc_member_str(t, strlen(t), "c", &v, &n), -EINVAL);   /* a number */
+        ck_assert_int_eq(jenc_member_str(t, strlen(t), "e", &v, &n), -ENOENT);
+        ck_assert_int_eq(jenc_member_str("[1]", 3, "a", &v, &n), -EINVAL);
+    }
 }
 END_TEST
 

@@ -395,3 +395,18 @@ jenc_member_span(const char *text, size_t len, const char *key, size_t *off, siz
     }
     return i < len && text[i] == '}' ? -ENOENT : -EINVAL;
 }
+
+int
+jenc_member_str(const char *text, size_t len, const char *key, const char **s, size_t *n)
+{
+    size_t at, k;
+    int    rc = jenc_member_span(text, len, key, &at, &k);
+
+    if (rc != 0)
+        return rc;
+    if (k < 2 || text[at] != '"' || memchr(text + at + 1, '\\', k - 2) != NULL)
+        return -EINVAL;
+    *s = text + at + 1;
+    *n = k - 2;
+    return 0;
+}

@@ -53,4 +53,11 @@ char *jenc_dumps(const json_t *v, size_t *len);
  * when the object has no such member; -EINVAL when text is not an object. */
 int jenc_member_span(const char *text, size_t len, const char *key, size_t *off, size_t *n);
 
+/* JENC_MEMBER_STR - the value of member key (as jenc_member_span finds it)
+ * when it is a string without escapes, so its characters are the bytes
+ * between the quotes: *s and *n.
+ * RETURNS: 0; -ENOENT when there is no such member; -EINVAL for any other
+ * value (not a string, or one with escapes) or when text is not an object. */
+int jenc_member_str(const char *text, size_t len, const char *key, const char **s, size_t *n);
+
 #endif

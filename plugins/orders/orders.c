@@ -325,6 +325,19 @@ static int ord_has_from(const struct ord_trans *t, const char *status)
     return 0;
 }
 
+/* The message's id, properties and partition key for an event.  oid must
+ * not point into the message (its order_id property, its body): the
+ * setters free what they replace.  RETURNS: 0, or -ENOMEM. */
+static int ord_label(const orderd_host *h, orderd_msg *m, const char *id, const char *type,
+                     const char *oid, const char *ver)
+{
+    if (h->msg_set_id(m, id) < 0 || h->msg_set_prop(m, "type", type) < 0
+        || h->msg_set_prop(m, "order_id", oid) < 0 || h->msg_set_prop(m, "version", ver) < 0
+        || h->msg_set_partition_key(m, oid) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
 /* Set the message to be `event`: id, properties and partition key follow it.
  * text, if not NULL, is the event's JSON text (see "Text" above). */
 static orderd_outcome ord_emit(struct ord_state *st, orderd_msg *m, json_t *event, const char *text,
@@ -341,9 +354,7 @@ static orderd_outcome ord_emit(struct ord_state *st, orderd_msg *m, json_t *even
         return h->reject(m, "stored event lacks id, type or orderId");
     }
     snprintf(ver, sizeof(ver), "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(event, "version")));
-    if (h->msg_set_id(m, id) < 0 || h->msg_set_prop(m, "type", type) < 0
-        || h->msg_set_prop(m, "order_id", oid) < 0 || h->msg_set_prop(m, "version", ver) < 0
-        || h->msg_set_partition_key(m, oid) < 0) {
+    if (ord_label(h, m, id, type, oid, ver) < 0) {
         json_decref(event);
         return h->retry(m, 0, "out of memory");
     }
@@ -363,9 +374,8 @@ static orderd_outcome ord_emit_text(struct ord_state *st, orderd_msg *m, const c
     char *key = strdup(oid);
     int rc;
 
-    rc = key == NULL || h->msg_set_id(m, id) < 0 || h->msg_set_prop(m, "type", type) < 0
-         || h->msg_set_prop(m, "order_id", key) < 0 || h->msg_set_prop(m, "version", "1") < 0
-         || h->msg_set_partition_key(m, key) < 0 || h->msg_set_body_json(m, text, text_len) < 0;
+    rc = key == NULL || ord_label(h, m, id, type, key, "1") < 0
+         || h->msg_set_body_json(m, text, text_len) < 0;
     free(key);
     return rc ? h->retry(m, 0, "out of memory") : ORDERD_OK;
 }
@@ -502,7 +512,7 @@ static char *ord_create_text(const struct ord_trans *t, const json_t *body, cons
     const json_t *id = json_object_get(body, "id");
     json_t *totals;
     size_t i;
-    int rc, members = json_is_object(body) && json_object_size(body) > 0;
+    int rc, members = json_object_size(body) > 0;
 
     if (t->field != NULL || blen < 2 || btxt[0] != '{' || btxt[blen - 1] != '}' ||
         !json_is_object(body) || (id != NULL && !(json_is_string(id) && strcmp(json_string_value(id), oid) == 0)))

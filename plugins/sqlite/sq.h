@@ -85,9 +85,6 @@ int sq_tail_wanted(struct sq_tail *t);
  * lock, after COMMIT succeeded. */
 void sq_tail_publish(struct sq_tail *t, struct sq_event **evs, size_t n);
 
-/* Forget every event held. */
-void sq_tail_reset(struct sq_tail *t);
-
 /* SQ_TAIL_TAKE - up to max consecutive events from seq after + 1 on, each
  * with a reference for the caller; *gen is the tail's generation, for
  * sq_tail_wait().  RETURNS: how many (0: the tail does not hold after + 1). */

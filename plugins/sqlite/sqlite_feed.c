@@ -303,23 +303,17 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
     uint64_t           ticket;
     int                ret, bad = 0;
 
-    if (r->ev != NULL && ORDERD_HOST_HAS(h, msg_set_body_json)) {
-        /* the store's msg_body_text(): JSON already */
-        m = h->msg_new(f->inst, NULL);
-        if (m == NULL)
-            return -ENOMEM;
-        ret = h->msg_set_body_json(m, r->raw, r->raw_len);
-        if (ret < 0) {
-            h->msg_free(m);
-            return ret;
-        }
-    } else if (ORDERD_HOST_HAS(h, msg_set_body_text)) {
+    if (ORDERD_HOST_HAS(h, msg_set_body_text)) {
         /* the stored text goes on as it is: a publisher that writes it out
-         * (file, webhook) never needs a tree */
+         * (file, webhook) never needs a tree; the tail's text is the
+         * store's msg_body_text(), JSON already, and is not checked again */
         m = h->msg_new(f->inst, NULL);
         if (m == NULL)
             return -ENOMEM;
-        ret = h->msg_set_body_text(m, r->raw, r->raw_len);
+        if (r->ev != NULL && ORDERD_HOST_HAS(h, msg_set_body_json))
+            ret = h->msg_set_body_json(m, r->raw, r->raw_len);
+        else
+            ret = h->msg_set_body_text(m, r->raw, r->raw_len);
         if (ret == -EINVAL) {
             bad = 1;
             h->msg_set_body(m, json_string(r->raw));

@@ -330,21 +330,19 @@ sqs_encode_event(struct sqs *s, json_t *body, struct sqs_rec *rec)
     return 0;
 }
 
-/* The value of member key of the object text[0..len) when it is a string
- * without escapes: *v and *n are its characters.  RETURNS: 0; -ENOENT when
- * there is no such member; -EINVAL for any other value. */
+/* jenc_member_str() with the length as SQLite binds it.  RETURNS: as that
+ * (-EINVAL too for a string longer than INT_MAX). */
 static int
 sqs_span_str(const char *text, size_t len, const char *key, const char **v, int *n)
 {
-    size_t at, k;
-    int    rc = jenc_member_span(text, len, key, &at, &k);
+    size_t k;
+    int    rc = jenc_member_str(text, len, key, v, &k);
 
     if (rc != 0)
-        return rc == -ENOENT ? -ENOENT : -EINVAL;
-    if (k < 2 || k > INT_MAX || text[at] != '"' || memchr(text + at + 1, '\\', k - 2) != NULL)
+        return rc;
+    if (k > INT_MAX)
         return -EINVAL;
-    *v = text + at + 1;
-    *n = (int) (k - 2);
+    *n = (int) k;
     return 0;
 }
 

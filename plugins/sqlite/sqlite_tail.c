@@ -204,17 +204,6 @@ sq_tail_publish(struct sq_tail *t, struct sq_event **evs, size_t n)
     pthread_mutex_unlock(&t->lock);
 }
 
-void
-sq_tail_reset(struct sq_tail *t)
-{
-    if (t == NULL)
-        return;
-    pthread_mutex_lock(&t->lock);
-    while (t->n > 0)
-        sq_tail_drop(t);
-    pthread_mutex_unlock(&t->lock);
-}
-
 size_t
 sq_tail_take(struct sq_tail *t, int64_t after, struct sq_event **out, size_t max, uint64_t *gen)
 {

@@ -518,22 +518,22 @@ wh_matches(const struct wh_sub *s, const char *type)
 static int
 wh_time_of_text(const orderd_host *h, orderd_msg *m, struct wh_event_in *ev, char *buf, size_t blen)
 {
-    const char *text;
-    size_t len, at, n;
+    const char *text, *t;
+    size_t len, n;
     int rc;
 
     if (h->msg_prop(m, "type") == NULL
         || h->msg_prop(m, "order_id") == NULL || (text = h->msg_body_text(m, &len)) == NULL)
         return 0;
-    rc = jenc_member_span(text, len, "time", &at, &n);
+    rc = jenc_member_str(text, len, "time", &t, &n);
     if (rc == -ENOENT) {
         ev->time = NULL;
         return 1;
     }
-    if (rc != 0 || n < 2 || n - 2 >= blen || text[at] != '"' || memchr(text + at + 1, '\\', n - 2))
+    if (rc != 0 || n >= blen)
         return 0;
-    memcpy(buf, text + at + 1, n - 2);
-    buf[n - 2] = '\0';
+    memcpy(buf, t, n);
+    buf[n] = '\0';
     ev->time = buf;
     return 1;
 }
