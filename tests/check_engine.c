@@ -566,7 +566,10 @@ END_TEST
 
 /* submit_async: with ORDERD_SUBMIT_OUTCOME the input hears how each message
  * ended, and only once the last stage is done with it; without it, as soon as
- * it is accepted (durable, with a spool). */
+ * it is accepted (durable, with a spool).  The transform sleeps well past
+ * wait_lines()'s 10 ms poll, so that "accepted before published" is seen
+ * between the poll and the count (with 5 ms, a message handed over from
+ * memory could be published in between on a loaded machine). */
 static void async_run(int spool, const char *mode, int reject)
 {
     struct run r;
@@ -576,7 +579,7 @@ static void async_run(int spool, const char *mode, int reject)
     snprintf(body, sizeof(body),
              "%s"
              "input = { plugin = \"testkit\"; count = 20; async = \"%s\"; record_done = \"done\"; };\n"
-             "transforms = ( { plugin = \"testkit\"; sleep = \"5ms\"; reject = %s; } );\n"
+             "transforms = ( { plugin = \"testkit\"; sleep = \"100ms\"; reject = %s; } );\n"
              "publish = ( { plugin = \"testkit\"; record = \"pub\"; } );\n",
              spool ? "spool = { sync = true; };\n" : "", mode, reject ? "true" : "false");
     start(&r, body);
