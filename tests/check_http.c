@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 
 #include "harness.h"
+#include "msg.h"
 
 struct resp {
     int     status;
@@ -595,6 +596,75 @@ START_TEST(test_schema)
 }
 END_TEST
 
+/* A create the schema passes on its text alone goes on as text: compact,
+ * a generated id added last, no tree built (m->body stays NULL until a
+ * stage asks).  One the text check leaves to the tree (an escape) goes on
+ * as a tree; both are accepted, and an invalid one is still answered by
+ * the tree path with its field. */
+START_TEST(test_create_as_text)
+{
+    const char *top = getenv("TOP_SRCDIR");
+    const orderd_host *h = th_host();
+    char conf[1024], want[512];
+    struct resp r;
+    orderd_msg *m;
+    size_t len;
+
+    snprintf(conf, sizeof conf, "schema = \"%s/etc/orderd/order.schema.json\";", top ? top : "..");
+    struct th_stage *s = start_stage(conf);
+
+    ck_assert_int_eq(request(port_of(s), "POST", "/orders", NULL,
+                             " { \"customerId\" : \"c-42\",\n\t\"currency\":\"EUR\", \"note\": \"a b\","
+                             " \"items\": [ {\"sku\":\"SKU-1\",\"qty\":2,\"price\":19.990} ] }\r\n", &r), 202);
+    snprintf(want, sizeof want, "{\"customerId\":\"c-42\",\"currency\":\"EUR\",\"note\":\"a b\","
+             "\"items\":[{\"sku\":\"SKU-1\",\"qty\":2,\"price\":19.990}],\"id\":\"%s\"}", jstr(r.json, "id"));
+    resp_free(&r);
+    ck_assert_uint_eq(th_submitted(s), 1);
+    m = th_take(s, 0);
+    ck_assert_ptr_null(m->body);
+    ck_assert_str_eq(h->msg_body_text(m, &len), want);
+    ck_assert_uint_eq(len, strlen(want));
+    ck_assert_str_eq(jstr(h->msg_body(m), "currency"), "EUR");   /* the tree, when asked */
+    th_msg_free(m);
+
+    /* the client's id: the text as sent */
+    static const char with_id[] = "{\"id\":\"ord-9\",\"customerId\":\"c\",\"currency\":\"EUR\","
+                                   "\"items\":[{\"sku\":\"S\",\"qty\":1,\"price\":1}]}";
+    ck_assert_int_eq(request(port_of(s), "POST", "/orders", NULL, with_id, &r), 202);
+    ck_assert_str_eq(jstr(r.json, "id"), "ord-9");
+    resp_free(&r);
+    m = th_take(s, 1);
+    ck_assert_ptr_null(m->body);
+    ck_assert_str_eq(h->msg_body_text(m, NULL), with_id);
+    ck_assert_str_eq(h->msg_prop(m, "order_id"), "ord-9");
+    th_msg_free(m);
+
+    /* an escape: the tree path, same outcome */
+    ck_assert_int_eq(request(port_of(s), "POST", "/orders", NULL,
+                             "{\"customerId\":\"c\\u00e9\",\"currency\":\"EUR\","
+                             "\"items\":[{\"sku\":\"S\",\"qty\":1,\"price\":1}]}", &r), 202);
+    resp_free(&r);
+    m = th_take(s, 2);
+    ck_assert_ptr_nonnull(m->body);
+    ck_assert_str_eq(jstr(m->body, "customerId"), "c\xc3\xa9");
+    ck_assert_ptr_nonnull(jstr(m->body, "id"));
+    th_msg_free(m);
+
+    /* invalid: answered by the tree path, naming the field; nothing submitted */
+    ck_assert_int_eq(request(port_of(s), "POST", "/orders", NULL,
+                             "{\"customerId\":\"c\",\"currency\":\"EUR\","
+                             "\"items\":[{\"sku\":\"S\",\"qty\":0,\"price\":1}]}", &r), 422);
+    ck_assert_str_eq(jstr(r.json, "field"), "/items/0/qty");
+    resp_free(&r);
+    ck_assert_int_eq(request(port_of(s), "POST", "/orders", NULL,
+                             "{\"customerId\":\"c\",\"customerId\":\"d\",\"currency\":\"EUR\","
+                             "\"items\":[{\"sku\":\"S\",\"qty\":1,\"price\":1}]}", &r), 400);
+    resp_free(&r);
+    ck_assert_uint_eq(th_submitted(s), 3);
+    th_stage_free(s);
+}
+END_TEST
+
 START_TEST(test_auth)
 {
     char *keys = write_state_file("keys", "# partners\nsecret-1\n\n  secret-2  \n");
@@ -802,6 +872,7 @@ static Suite *http_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_create_generated_id);
     tcase_add_test(tc, test_create_client_id);
+    tcase_add_test(tc, test_create_as_text);
     tcase_add_test(tc, test_concurrent_posts);
     tcase_add_test(tc, test_concurrent_thread_per_connection);
     tcase_add_test(tc, test_commands);

@@ -12,6 +12,7 @@
 
 #include "harness.h"
 #include "jsonschema.h"
+#include "../plugins/common/jsondec.h"
 
 static const char *order_example =
     "{\"id\": \"ord-1001\", \"customerId\": \"c-42\", \"currency\": \"EUR\","
@@ -96,6 +97,11 @@ START_TEST(test_keyword)
                   c->schema, c->good, err);
     ck_assert_int_eq(jsonschema_validate(js, bad, err, sizeof(err)), 1);
     ck_assert_str_eq(err, c->error);
+    /* On the text: never "valid" for the bad one; "valid" for the good one
+     * unless the schema uses what the text check leaves to the tree. */
+    ck_assert_int_eq(jsonschema_check_text(js, c->bad, strlen(c->bad)), 0);
+    ck_assert_int_eq(jsonschema_check_text(js, c->good, strlen(c->good)),
+                     strstr(c->schema, "enum") == NULL && strstr(c->schema, "const") == NULL);
     jsonschema_free(js);
     json_decref(schema);
     json_decref(good);
@@ -174,6 +180,158 @@ START_TEST(test_pattern_fast_path_agrees)
         jsonschema_free(js);
         json_decref(schema);
     }
+}
+END_TEST
+
+/* ---- validation on the text ---- */
+
+static jsonschema *shipped_schema(void)
+{
+    char path[1024], err[512];
+    const char *top = getenv("TOP_SRCDIR");
+    json_error_t e;
+    json_t *doc;
+    jsonschema *js;
+
+    snprintf(path, sizeof(path), "%s/etc/orderd/order.schema.json", top ? top : "..");
+    doc = json_load_file(path, 0, &e);
+    ck_assert_msg(doc != NULL, "%s: %s", path, e.text);
+    js = jsonschema_compile(doc, err, sizeof(err));
+    ck_assert_msg(js != NULL, "%s", err);
+    json_decref(doc);
+    return js;
+}
+
+/* What the tree path says of text: decoded as the http input decodes it,
+ * then validated.  1 valid, 0 not. */
+static int tree_verdict(const jsonschema *js, const char *text, size_t len)
+{
+    char err[512];
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL);
+    int ok = doc != NULL && jsonschema_validate(js, doc, err, sizeof(err)) == 0;
+
+    json_decref(doc);
+    return ok;
+}
+
+static const char *text_order =
+    "{\"id\":\"ord-1\",\"customerId\":\"cust-004217\",\"currency\":\"EUR\",\n"
+    " \"items\": [ {\"sku\":\"SKU-100234\",\"qty\":2,\"price\":19.99},\r\n"
+    "\t{\"sku\":\"SKU-883201\",\"qty\":1,\"price\":2.495e2} ],"
+    "\"shipping\":{\"name\":\"Erika M\xc3\xbcller\",\"zip\":\"51147\",\"country\":\"DE\"},"
+    "\"channel\":\"web\",\"gift\":true,\"coupon\":null,\"tags\":[[],{}],\"n\":-0.5}";
+
+/* The shipped schema on the text: what it takes, and that it gives up
+ * (0) on every invalid order and on what it leaves to the tree. */
+START_TEST(test_check_text_shipped)
+{
+    static const char *const refused[] = {
+        /* invalid against the schema */
+        "{\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":0,\"price\":1}]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1.5,\"price\":1}]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":-0.01}]}",
+        "{\"customerId\":\"c\",\"currency\":\"euro\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"customerId\":\"\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"customerId\":7,\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"id\":\"a b\",\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}],"
+        "\"shipping\":{\"country\":\"DEU\"}}",
+        "[1]",
+        /* valid, but left to the tree: an escape, a duplicate key (refused there) */
+        "{\"customerId\":\"c\\u00e9\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"customerId\":\"c\",\"customerId\":\"d\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"sku\":\"B\",\"qty\":1,\"price\":1}]}",
+        /* not JSON, or not JSON this reader takes */
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]} x",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1},]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1e999}]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":99999999999999999999,\"price\":1}]}",
+        "{\"customerId\":\"c\xff\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"customerId\":\"c\tx\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":01,\"price\":1}]}",
+        "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}],\"x\":tru}",
+        "",
+    };
+    jsonschema *js = shipped_schema();
+    char deep[512] = "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}],\"x\":";
+    char wide[2048] = "{\"customerId\":\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"qty\":1,\"price\":1}]";
+    size_t i;
+
+    ck_assert_int_eq(jsonschema_check_text(js, text_order, strlen(text_order)), 1);
+    ck_assert_int_eq(tree_verdict(js, text_order, strlen(text_order)), 1);
+    for (i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+        ck_assert_msg(jsonschema_check_text(js, refused[i], strlen(refused[i])) == 0,
+                      "took %s", refused[i]);
+    /* 32 levels are taken (the order, 30 arrays, the number), 33 are left to the tree */
+    for (i = 0; i < 2; i++) {
+        char *p = deep + strlen(deep);
+
+        p += sprintf(p, "%.*s1%.*s}", (int)(30 + i), "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+                     (int)(30 + i), "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]");
+        ck_assert_int_eq(tree_verdict(js, deep, strlen(deep)), 1);
+        ck_assert_int_eq(jsonschema_check_text(js, deep, strlen(deep)), i == 0);
+        *strstr(deep, "\"x\":[") = '\0';
+        strcat(deep, "\"x\":");
+    }
+    /* 32 members are taken, 33 are left to the tree */
+    for (i = 3; i < 32; i++)
+        sprintf(wide + strlen(wide), ",\"k%zu\":%zu", i, i);
+    strcat(wide, "}");
+    ck_assert_int_eq(jsonschema_check_text(js, wide, strlen(wide)), 1);
+    strcpy(wide + strlen(wide) - 1, ",\"k32\":32}");
+    ck_assert_int_eq(tree_verdict(js, wide, strlen(wide)), 1);
+    ck_assert_int_eq(jsonschema_check_text(js, wide, strlen(wide)), 0);
+    /* no schema: any JSON this reader takes */
+    ck_assert_int_eq(jsonschema_check_text(NULL, "{\"a\":[1,2.5,\"x\"]}", 17), 1);
+    ck_assert_int_eq(jsonschema_check_text(NULL, "{\"a\":1,\"a\":2}", 13), 0);
+    jsonschema_free(js);
+}
+END_TEST
+
+/* Every byte of a valid order replaced, deleted or doubled, in turn: the
+ * text check may give up on any of them, but whenever it says "valid" the
+ * tree path must say so too (decoder and schema), and the core's reader must
+ * take the text alone, or an order would go on that the tree path refuses. */
+START_TEST(test_check_text_mutations)
+{
+    static const char subst[] = "0159-+.eE\"\\{}[],: xtn\x80\xc3\x01";
+    jsonschema *js = shipped_schema();
+    size_t len = strlen(text_order), i, k, taken = 0, tried = 0;
+    char buf[1024];
+
+    ck_assert_uint_lt(len * 2, sizeof(buf));
+    for (i = 0; i < len; i++) {
+        for (k = 0; k <= sizeof(subst); k++) {
+            size_t n;
+
+            memcpy(buf, text_order, len);
+            if (k < sizeof(subst) - 1) {            /* replaced */
+                buf[i] = subst[k];
+                n = len;
+            } else if (k == sizeof(subst) - 1) {    /* deleted */
+                memmove(buf + i, buf + i + 1, len - i - 1);
+                n = len - 1;
+            } else {                                /* doubled */
+                memmove(buf + i + 1, buf + i, len - i);
+                n = len + 1;
+            }
+            tried++;
+            if (jsonschema_check_text(js, buf, n) == 1) {
+                taken++;
+                ck_assert_msg(tree_verdict(js, buf, n) == 1, "the tree refuses what the text took: %.*s",
+                              (int)n, buf);
+                ck_assert_msg(jdec_check(buf, n) == 0, "the reader declines what the text took: %.*s",
+                              (int)n, buf);
+            }
+        }
+    }
+    /* Many mutations leave a valid order (a digit of a price, a letter of
+     * a name): the check is not vacuous. */
+    ck_assert_uint_gt(taken, tried / 10);
+    ck_assert_uint_lt(taken, tried);
+    jsonschema_free(js);
 }
 END_TEST
 
@@ -304,6 +462,8 @@ int main(void)
     tc = tcase_create("plugin");
     tcase_add_checked_fixture(tc, NULL, th_cleanup);
     tcase_add_test(tc, test_pattern_fast_path_agrees);
+    tcase_add_test(tc, test_check_text_shipped);
+    tcase_add_test(tc, test_check_text_mutations);
     tcase_add_test(tc, test_shipped_schema);
     tcase_add_test(tc, test_commands);
     tcase_add_test(tc, test_bad_schema_file);

@@ -35,8 +35,7 @@ jdec_ws(struct jdec *d)
         d->p++;
 }
 
-/* Length of the valid UTF-8 sequence at p (lead byte >= 0x80), or 0. */
-static size_t
+size_t
 jdec_utf8(const unsigned char *p, const unsigned char *end)
 {
     unsigned char c = p[0], lo = 0x80, hi = 0xBF;
@@ -212,42 +211,41 @@ jdec_string(struct jdec *d, const char **out, size_t *len)
     return -1;
 }
 
-static json_t *
-jdec_number(struct jdec *d)
+const char *
+jdec_scan_number(const char *s, const char *end, struct jdec_num *out)
 {
-    const char *s = d->p, *p = d->p;
-    int real = 0;
+    const char *p = s;
 
-    if (p < d->end && *p == '-')
+    out->real = 0;
+    if (p < end && *p == '-')
         p++;
-    if (p >= d->end || *p < '0' || *p > '9')
+    if (p >= end || *p < '0' || *p > '9')
         return NULL;
     if (*p == '0')
         p++;
     else
-        while (p < d->end && *p >= '0' && *p <= '9')
+        while (p < end && *p >= '0' && *p <= '9')
             p++;
-    if (p < d->end && *p == '.') {
-        real = 1;
+    if (p < end && *p == '.') {
+        out->real = 1;
         p++;
-        if (p >= d->end || *p < '0' || *p > '9')
+        if (p >= end || *p < '0' || *p > '9')
             return NULL;
-        while (p < d->end && *p >= '0' && *p <= '9')
+        while (p < end && *p >= '0' && *p <= '9')
             p++;
     }
-    if (p < d->end && (*p == 'e' || *p == 'E')) {
-        real = 1;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        out->real = 1;
         p++;
-        if (p < d->end && (*p == '+' || *p == '-'))
+        if (p < end && (*p == '+' || *p == '-'))
             p++;
-        if (p >= d->end || *p < '0' || *p > '9')
+        if (p >= end || *p < '0' || *p > '9')
             return NULL;
-        while (p < d->end && *p >= '0' && *p <= '9')
+        while (p < end && *p >= '0' && *p <= '9')
             p++;
     }
-    d->p = p;
 
-    if (!real) {
+    if (!out->real) {
         const char *q = s;
         int neg = *q == '-';
         uint64_t u = 0, lim = neg ? (uint64_t) INT64_MAX + 1 : (uint64_t) INT64_MAX;
@@ -261,25 +259,37 @@ jdec_number(struct jdec *d)
                 return NULL;   /* too big: jansson says so */
             u = u * 10 + dgt;
         }
-        if (d->check)
-            return json_null();
-        return json_integer(neg ? (json_int_t) (0 - u) : (json_int_t) u);
+        out->i = neg ? (json_int_t) (0 - u) : (json_int_t) u;
+        out->d = (double) out->i;
     } else {
         char buf[64], *endp;
         size_t len = (size_t) (p - s);
-        double v;
 
         if (len >= sizeof(buf))
             return NULL;
         memcpy(buf, s, len);
         buf[len] = '\0';
         errno = 0;
-        v = strtod(buf, &endp);
+        out->d = strtod(buf, &endp);
         /* a locale with a decimal comma stops early: leave it to jansson */
-        if (endp != buf + len || ((v == HUGE_VAL || v == -HUGE_VAL) && errno == ERANGE))
+        if (endp != buf + len || ((out->d == HUGE_VAL || out->d == -HUGE_VAL) && errno == ERANGE))
             return NULL;
-        return d->check ? json_null() : json_real(v);
     }
+    return p;
+}
+
+static json_t *
+jdec_number(struct jdec *d)
+{
+    struct jdec_num num;
+    const char *p = jdec_scan_number(d->p, d->end, &num);
+
+    if (p == NULL)
+        return NULL;
+    d->p = p;
+    if (d->check)
+        return json_null();
+    return num.real ? json_real(num.d) : json_integer(num.i);
 }
 
 static json_t *

@@ -38,4 +38,25 @@ json_t *jdec_loadb_flags(const char *s, size_t n, size_t flags, json_error_t *er
  * RETURNS: 0 or -1. */
 int jdec_check(const char *s, size_t n);
 
+/* The pieces of the reader, for scanners that check text without a tree
+ * (jsonschema_check_text) and must take exactly what jdec_loadb() takes. */
+
+/* JDEC_UTF8 - length of the valid UTF-8 sequence at p (a lead byte >= 0x80;
+ * no overlong forms, surrogates or code points above U+10FFFF), or 0. */
+size_t jdec_utf8(const unsigned char *p, const unsigned char *end);
+
+/* A number as jdec_loadb() reads it: an integer (no fraction, no exponent)
+ * that fits json_int_t in i (and d), else a finite real in d. */
+struct jdec_num {
+    int        real;
+    json_int_t i;
+    double     d;
+};
+
+/* JDEC_SCAN_NUMBER - read the JSON number at s (up to end) into *out.
+ * RETURNS: the byte after it, or NULL when it is not a number this reader
+ * takes (bad syntax, too big an integer, an overflowing real, a real of 64
+ * characters or more: jansson then decides). */
+const char *jdec_scan_number(const char *s, const char *end, struct jdec_num *out);
+
 #endif

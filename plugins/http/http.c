@@ -65,6 +65,7 @@
 #include <orderd/plugin.h>
 
 #include "../common/jsondec.h"
+#include "../common/jsonenc.h"
 #include "idem.h"
 #include "../validate/jsonschema.h"
 
@@ -142,6 +143,7 @@ struct hp {
     bool                processed;       /* acknowledge = "processed" */
     int64_t             ack_timeout_ms;
     bool                async;           /* event loops and submit_async */
+    bool                text_bodies;     /* orders go on as text (msg_set_body_json, ABI 1.6) */
 
     /* runtime */
     struct MHD_Daemon  *mhd;             /* threads = 0 or blocking: MHD's own threads */
@@ -1066,9 +1068,11 @@ static hp_ret hp_resumed(struct hp *h, struct MHD_Connection *c, struct hp_req *
 
 /* The part of a POST that is the same for create and lifecycle commands:
  * build the message, submit, answer.  The Idempotency-Key is reserved.
- * body is stolen. */
+ * The body is a tree, or JSON text (tlen bytes) when body is NULL; either
+ * is stolen. */
 static hp_ret hp_submit(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
-                        const char *idem_key, json_t *body, const char *order_id, const char *cmd_id)
+                        const char *idem_key, json_t *body, char *text, size_t tlen,
+                        const char *order_id, const char *cmd_id)
 {
     const char *status = h->processed ? "processed" : "accepted";
     struct hp_result res = { .why = HP_TK_DONE };
@@ -1089,6 +1093,11 @@ static hp_ret hp_submit(struct hp *h, struct MHD_Connection *c, struct hp_req *r
                    (char *)NULL);
     }
     m = out ? h->host->msg_new(h->inst, body) : (json_decref(body), NULL);
+    if (m != NULL && text != NULL && h->host->msg_set_body_json(m, text, tlen) != 0) {
+        h->host->msg_free(m);
+        m = NULL;
+    }
+    free(text);
     if (m == NULL) {
         res.rc = -ENOMEM;
         goto answer;
@@ -1118,15 +1127,147 @@ answer:
     return hp_answer(h, c, r->route, r->command, order_id, idem_key, out, &res);
 }
 
+/* Room after an order's text for the "id" member hp_post may add. */
+#define HP_ID_ROOM (sizeof ",\"id\":\"\"" + HP_ID_MAX)
+
+/* A new order that the schema passes on its text alone (the common case)
+ * goes on as text: compact, with HP_ID_ROOM bytes to spare, no tree built,
+ * checked or freed.  Its "id", when it has one, is copied into id ("" when
+ * it has none).
+ * RETURNS: the text (malloc'd, *len bytes), or NULL: take the tree path,
+ * which also words whatever is wrong with the body. */
+static char *hp_order_text(const struct hp *h, const struct hp_req *r, size_t *len,
+                           char id[HP_ID_MAX + 1])
+{
+    const char *p, *end, *v;
+    char *out, *o;
+    bool in_str = false;
+    size_t vlen;
+    int rc;
+
+    if (!h->text_bodies || r->len == 0 || !jsonschema_check_text(h->schema, r->buf, r->len))
+        return NULL;
+    if ((out = malloc(r->len + HP_ID_ROOM)) == NULL)
+        return NULL;
+    /* The text is JSON whose strings have no escapes: a quote always
+     * opens or closes one, and white space outside them can go. */
+    for (p = r->buf, end = r->buf + r->len, o = out; p < end; p++) {
+        if (*p == '"')
+            in_str = !in_str;
+        if (in_str || *p == '"' || (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t'))
+            *o++ = *p;
+    }
+    *len = (size_t)(o - out);
+    id[0] = '\0';
+    if (out[0] != '{')
+        goto tree;
+    rc = jenc_member_str(out, *len, "id", &v, &vlen);
+    if (rc == 0 && vlen <= HP_ID_MAX) {
+        memcpy(id, v, vlen);
+        id[vlen] = '\0';
+        if (!hp_valid_id(id))
+            goto tree;
+    } else if (rc != -ENOENT) {
+        goto tree;
+    }
+    return out;
+tree:
+    free(out);
+    return NULL;
+}
+
+/* Add "id" to an order's text from hp_order_text(), last as the tree path
+ * adds it.  RETURNS: the new length. */
+static size_t hp_text_add_id(char *text, size_t len, const char *id)
+{
+    size_t n = len - 1;     /* over the closing brace */
+
+    if (n > 1)
+        text[n++] = ',';
+    memcpy(text + n, "\"id\":\"", 6);
+    n += 6;
+    memcpy(text + n, id, strlen(id));
+    n += strlen(id);
+    memcpy(text + n, "\"}", 2);
+    return n + 2;
+}
+
+/* The body as a tree for the paths the text does not take: decoded,
+ * checked against the schema (creates), every error answered.
+ * RETURNS: the tree, or NULL with *ret the answer given. */
+static json_t *hp_body_tree(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
+                            hp_ret *ret)
+{
+    json_error_t jerr;
+    json_t *body, *jid;
+
+    if (r->len == 0 && r->route == HP_R_COMMAND) {
+        if ((body = json_object()) == NULL)
+            *ret = hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+        return body;
+    }
+    /* jdec: json_loadb's result and errors, about twice as fast. */
+    body = jdec_loadb_flags(r->buf ? r->buf : "", r->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (body == NULL) {
+        *ret = hp_problem(h, c, 400, NULL, "Bad Request", jerr.text,
+                          json_pack("{s:{s:i, s:i, s:I}}", "position", "line", jerr.line,
+                                    "column", jerr.column, "offset", (json_int_t)jerr.position));
+        return NULL;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        *ret = hp_problem(h, c, 400, NULL, "Bad Request", "the body must be a JSON object", NULL);
+        return NULL;
+    }
+    if (r->route == HP_R_COMMAND)
+        return body;
+
+    jid = json_object_get(body, "id");
+    if (jid != NULL && (!json_is_string(jid) || !hp_valid_id(json_string_value(jid)))) {
+        json_decref(body);
+        *ret = hp_problem(h, c, 422, NULL, "Unprocessable Content",
+                          "id must be a string of 1 to 128 characters from A-Z a-z 0-9 . _ : -",
+                          json_pack("{s:s}", "field", "/id"));
+        return NULL;
+    }
+    if (h->schema != NULL) {
+        char err[512];
+        int vrc = jsonschema_validate(h->schema, body, err, sizeof err);
+
+        if (vrc != 0) {
+            json_decref(body);
+            if (vrc < 0) {
+                *ret = hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+                return NULL;
+            }
+            /* "<pointer>: <rule>" -> field and detail */
+            char *sep = strstr(err, ": ");
+            const char *field = "/", *detail = err;
+            if (sep != NULL && err[0] == '/') {
+                *sep = '\0';
+                field = err;
+                detail = sep + 2;
+            }
+            *ret = hp_problem(h, c, 422, NULL, "Unprocessable Content", detail,
+                              json_pack("{s:s}", "field", field));
+            return NULL;
+        }
+    }
+    return body;
+}
+
 static hp_ret hp_post(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
                       const char *method, const char *url)
 {
     const char *idem_key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Idempotency-Key");
-    char order_id[HP_ID_MAX + 1];
+    char order_id[HP_ID_MAX + 1] = "";
     char cmd_id[sizeof "idem-" + 32];
     uint8_t rhash[16], khash[16];
-    json_error_t jerr;
-    json_t *body;
+    json_t *body = NULL;
+    char *text = NULL;      /* a new order's compact text, when it needs no tree */
+    size_t tlen = 0;
+    bool has_id;
+    hp_ret ret;
 
     if (r->too_large) {
         char detail[96];
@@ -1136,52 +1277,22 @@ static hp_ret hp_post(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
     if (r->len > 0 && !r->json_ct)
         return hp_problem(h, c, 415, NULL, "Unsupported Media Type",
                           "send the body as application/json", NULL);
-    if (r->len == 0 && r->route == HP_R_COMMAND) {
-        body = json_object();
-    } else {
-        /* jdec: json_loadb's result and errors, about twice as fast. */
-        body = jdec_loadb_flags(r->buf ? r->buf : "", r->len, JSON_REJECT_DUPLICATES, &jerr);
-        if (body == NULL)
-            return hp_problem(h, c, 400, NULL, "Bad Request", jerr.text,
-                              json_pack("{s:{s:i, s:i, s:I}}", "position", "line", jerr.line,
-                                        "column", jerr.column, "offset", (json_int_t)jerr.position));
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        return hp_problem(h, c, 400, NULL, "Bad Request", "the body must be a JSON object", NULL);
-    }
 
+    if (r->route == HP_R_ORDERS)
+        text = hp_order_text(h, r, &tlen, order_id);
+    if (text == NULL && (body = hp_body_tree(h, c, r, &ret)) == NULL)
+        return ret;
     if (r->route == HP_R_COMMAND) {
         snprintf(order_id, sizeof order_id, "%s", r->order_id);
-    } else {
+        has_id = true;
+    } else if (body != NULL) {
         json_t *jid = json_object_get(body, "id");
-        if (jid != NULL && (!json_is_string(jid) || !hp_valid_id(json_string_value(jid)))) {
-            json_decref(body);
-            return hp_problem(h, c, 422, NULL, "Unprocessable Content",
-                              "id must be a string of 1 to 128 characters from A-Z a-z 0-9 . _ : -",
-                              json_pack("{s:s}", "field", "/id"));
-        }
-        if (h->schema != NULL) {
-            char err[512];
-            int vrc = jsonschema_validate(h->schema, body, err, sizeof err);
-            if (vrc != 0) {
-                json_decref(body);
-                if (vrc < 0)
-                    return hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
-                /* "<pointer>: <rule>" -> field and detail */
-                char *sep = strstr(err, ": ");
-                const char *field = "/", *detail = err;
-                if (sep != NULL && err[0] == '/') {
-                    *sep = '\0';
-                    field = err;
-                    detail = sep + 2;
-                }
-                return hp_problem(h, c, 422, NULL, "Unprocessable Content", detail,
-                                  json_pack("{s:s}", "field", field));
-            }
-        }
+
         if (jid != NULL)
             hp_cat(order_id, sizeof order_id, json_string_value(jid), (char *)NULL);
+        has_id = jid != NULL;
+    } else {
+        has_id = order_id[0] != '\0';
     }
 
     if (idem_key != NULL) {
@@ -1196,25 +1307,23 @@ static hp_ret hp_post(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
         switch (http_idem_begin(h->idem, idem_key, rhash, &status, &stored, &location)) {
         case HTTP_IDEM_NEW:
             break;
-        case HTTP_IDEM_REPLAY: {
-            json_decref(body);
-            hp_ret ret = hp_accepted_reply(h, c, (unsigned)status, stored, location, true);
+        case HTTP_IDEM_REPLAY:
+            ret = hp_accepted_reply(h, c, (unsigned)status, stored, location, true);
             free(location);
-            return ret;
-        }
+            goto done;
         case HTTP_IDEM_MISMATCH:
-            json_decref(body);
-            return hp_problem(h, c, 422, "urn:orderd:problem:idempotency-key-reused",
-                              "Idempotency-Key reused with a different request",
-                              "this key was already used for a request with another method, path or body",
-                              NULL);
+            ret = hp_problem(h, c, 422, "urn:orderd:problem:idempotency-key-reused",
+                             "Idempotency-Key reused with a different request",
+                             "this key was already used for a request with another method, path or body",
+                             NULL);
+            goto done;
         case HTTP_IDEM_BUSY:
-            json_decref(body);
-            return hp_problem(h, c, 409, "urn:orderd:problem:idempotency-key-in-use", "Conflict",
-                              "a request with this Idempotency-Key is still being processed", NULL);
+            ret = hp_problem(h, c, 409, "urn:orderd:problem:idempotency-key-in-use", "Conflict",
+                             "a request with this Idempotency-Key is still being processed", NULL);
+            goto done;
         default:
-            json_decref(body);
-            return hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+            ret = hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+            goto done;
         }
         /* Deterministic ids: a retry after a crash between spool and record
          * yields the same command (and order), which downstream dedups. */
@@ -1224,24 +1333,30 @@ static hp_ret hp_post(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
         http_hash128(khash, cb, cl, 3);
         hp_hex128(hex, khash);
         snprintf(cmd_id, sizeof cmd_id, "idem-%s", hex);
-        if (r->route == HP_R_ORDERS && json_object_get(body, "id") == NULL) {
+        if (!has_id) {
             http_hash128(khash, kb, kl, 2);
             hp_uuid_from_hash(order_id, khash);
         }
-    } else if (r->route == HP_R_ORDERS && json_object_get(body, "id") == NULL) {
-        if (hp_uuid_random(order_id) != 0) {
-            json_decref(body);
-            return hp_problem(h, c, 500, NULL, "Internal Server Error", "no randomness for an id", NULL);
+    } else if (!has_id && hp_uuid_random(order_id) != 0) {
+        ret = hp_problem(h, c, 500, NULL, "Internal Server Error", "no randomness for an id", NULL);
+        goto done;
+    }
+    if (!has_id) {
+        if (text != NULL) {
+            tlen = hp_text_add_id(text, tlen, order_id);
+        } else if (json_object_set_new(body, "id", json_string(order_id)) != 0) {
+            if (idem_key != NULL)
+                http_idem_abort(h->idem, idem_key);
+            ret = hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
+            goto done;
         }
     }
-    if (r->route == HP_R_ORDERS && json_object_get(body, "id") == NULL &&
-        json_object_set_new(body, "id", json_string(order_id)) != 0) {
-        json_decref(body);
-        if (idem_key != NULL)
-            http_idem_abort(h->idem, idem_key);
-        return hp_problem(h, c, 500, NULL, "Internal Server Error", "out of memory", NULL);
-    }
-    return hp_submit(h, c, r, idem_key, body, order_id, idem_key ? cmd_id : NULL);
+    return hp_submit(h, c, r, idem_key, body, text, tlen, order_id, idem_key ? cmd_id : NULL);
+
+done:
+    json_decref(body);
+    free(text);
+    return ret;
 }
 
 /* ---- routing ---------------------------------------------------------- */
@@ -1624,6 +1739,7 @@ static int hp_create(orderd_inst *inst, const orderd_host *host, const json_t *c
     h->processed = s != NULL && strcmp(s, "processed") == 0;
     h->ack_timeout_ms = json_integer_value(json_object_get(conf, "acknowledge_timeout"));
     h->async = h->threads > 0 && ORDERD_HOST_HAS(host, submit_async);
+    h->text_bodies = ORDERD_HOST_HAS(host, msg_set_body_json);
     if (h->processed && !h->async) {
         host->log(inst, ORDERD_LOG_ERR, "acknowledge = \"processed\" needs threads > 0 and a core "
                   "providing submit_async (plugin ABI 1.1)");

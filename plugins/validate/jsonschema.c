@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "jsonschema.h"
+#include "../common/jsondec.h"
 
 /* Recursion guard: schemas and $ref cycles deeper than this are refused. */
 #define JS_MAX_DEPTH 128
@@ -53,6 +54,7 @@ struct js_span {
 
 struct js_prop {
     char           *name;
+    size_t          namelen;
     struct js_node *node;
 };
 
@@ -335,6 +337,7 @@ static int js_compile_object_kws(struct js_ctx *c, struct js_node *n, const json
             p->name = strdup(key);
             if (p->name == NULL)
                 return js_fail(c, "out of memory");
+            p->namelen = strlen(key);
             n->nprops++;
             p->node = js_compile_sub(c, key, sub, depth);
             if (p->node == NULL)
@@ -913,4 +916,289 @@ int jsonschema_validate(const jsonschema *js, const json_t *instance, char *err,
     if (js == NULL || instance == NULL)
         return -EINVAL;
     return js_check(&c, js->root, instance, 0);
+}
+
+/* ---- validation on the text ----
+ *
+ * The same rules as js_check(), read off the text in one pass, for the
+ * common case only: whatever is not plainly valid here (an error, an
+ * escape, enum, a $ref next to other keywords...) is answered "cannot
+ * tell", and the caller decodes the text and asks js_check(), which also
+ * words the error.  So this never has to agree with js_check() on an
+ * error message, only on "valid", and only for the text it takes. */
+
+#define JT_MAX_DEPTH 32    /* nesting taken here; deeper goes to the tree */
+#define JT_MAX_KEYS  32    /* members per object taken here (duplicates are looked for) */
+
+struct jt {
+    const char *p, *end;
+    int         depth;
+};
+
+static void jt_ws(struct jt *t)
+{
+    while (t->p < t->end && (*t->p == ' ' || *t->p == '\n' || *t->p == '\r' || *t->p == '\t'))
+        t->p++;
+}
+
+/* The string whose opening quote is at t->p, without escapes: its bytes
+ * and its length in code points.  RETURNS: 1, or 0 (escape, control
+ * character, bad UTF-8, unterminated). */
+static int jt_string(struct jt *t, const char **s, size_t *bytes, size_t *chars)
+{
+    const char *p = ++t->p;
+    size_t n = 0;
+
+    while (p < t->end) {
+        unsigned char c = (unsigned char)*p;
+
+        if (c == '"') {
+            *s = t->p;
+            *bytes = (size_t)(p - t->p);
+            *chars = n;
+            t->p = p + 1;
+            return 1;
+        }
+        if (c < 0x20 || c == '\\')
+            return 0;
+        if (c < 0x80) {
+            p++;
+        } else {
+            size_t k = jdec_utf8((const unsigned char *)p, (const unsigned char *)t->end);
+
+            if (k == 0)
+                return 0;
+            p += k;
+        }
+        n++;
+    }
+    return 0;
+}
+
+static int jt_value(struct jt *t, const struct js_node *n);
+
+/* After an element or member: 1 a comma (another follows), 2 the closing
+ * bracket (read), 0 anything else. */
+static int jt_next(struct jt *t, char close)
+{
+    jt_ws(t);
+    if (t->p < t->end && (*t->p == ',' || *t->p == close))
+        return *t->p++ == ',' ? 1 : 2;
+    return 0;
+}
+
+/* A $ref alone (every other keyword unset) is its target; a $ref with
+ * company would need two checks of one value: not done here. */
+static int jt_resolve(const struct js_node **np)
+{
+    const struct js_node *n = *np;
+    int hops = 0;
+
+    while (n != NULL && n->ref_node != NULL) {
+        if (n->types != 0 || n->num_flags != 0 || n->min_len >= 0 || n->max_len >= 0 ||
+            n->min_items >= 0 || n->max_items >= 0 || n->nrequired != 0 || n->nprops != 0 ||
+            n->additional != NULL || n->items != NULL || n->pattern != NULL || ++hops > JS_MAX_DEPTH)
+            return 0;
+        n = n->ref_node;
+    }
+    *np = n;
+    return 1;
+}
+
+static int jt_string_value(struct jt *t, const struct js_node *n)
+{
+    const char *s;
+    size_t bytes, chars;
+
+    if (!jt_string(t, &s, &bytes, &chars))
+        return 0;
+    if (n == NULL)
+        return 1;
+    if ((n->min_len >= 0 && (long long)chars < n->min_len) ||
+        (n->max_len >= 0 && (long long)chars > n->max_len))
+        return 0;
+    if (n->pattern == NULL)
+        return 1;
+    if (n->span != NULL)
+        return js_span_match(n->span, s, bytes);
+    {
+        char buf[256];
+
+        if (bytes >= sizeof(buf))
+            return 0;
+        memcpy(buf, s, bytes);
+        buf[bytes] = '\0';
+        return regexec(&n->re, buf, 0, NULL, 0) == 0;
+    }
+}
+
+static int jt_number_value(struct jt *t, const struct js_node *n, unsigned *type)
+{
+    struct jdec_num num;
+    const char *p = jdec_scan_number(t->p, t->end, &num);
+
+    if (p == NULL)
+        return 0;
+    t->p = p;
+    *type = JT_NUMBER | (!num.real || (isfinite(num.d) && floor(num.d) == num.d) ? JT_INTEGER : 0);
+    if (n == NULL)
+        return 1;
+    if (n->types != 0 && (n->types & *type) == 0)
+        return 0;
+    return !((n->num_flags & JN_MIN) && num.d < n->minimum) &&
+           !((n->num_flags & JN_MAX) && num.d > n->maximum) &&
+           !((n->num_flags & JN_XMIN) && num.d <= n->xminimum) &&
+           !((n->num_flags & JN_XMAX) && num.d >= n->xmaximum);
+}
+
+static int jt_array(struct jt *t, const struct js_node *n)
+{
+    const struct js_node *items = n ? n->items : NULL;
+    long long count = 0;
+
+    t->p++;
+    jt_ws(t);
+    if (t->p < t->end && *t->p == ']') {
+        t->p++;
+    } else {
+        for (;;) {
+            int next;
+
+            if (!jt_value(t, items))
+                return 0;
+            count++;
+            if ((next = jt_next(t, ']')) != 1) {
+                if (next == 0)
+                    return 0;
+                break;
+            }
+        }
+    }
+    return n == NULL || !((n->min_items >= 0 && count < n->min_items) ||
+                          (n->max_items >= 0 && count > n->max_items));
+}
+
+static int jt_object(struct jt *t, const struct js_node *n)
+{
+    struct { const char *s; size_t len; } keys[JT_MAX_KEYS];
+    size_t nkeys = 0, i, k;
+
+    t->p++;
+    jt_ws(t);
+    if (t->p < t->end && *t->p == '}') {
+        t->p++;
+    } else {
+        for (;;) {
+            const struct js_node *sub = NULL;
+            const char *key;
+            size_t klen, kchars;
+            int next;
+
+            if (t->p >= t->end || *t->p != '"' || !jt_string(t, &key, &klen, &kchars) ||
+                nkeys == JT_MAX_KEYS)
+                return 0;
+            for (i = 0; i < nkeys; i++) {
+                if (keys[i].len == klen && memcmp(keys[i].s, key, klen) == 0)
+                    return 0;   /* a duplicate: the caller's decoder refuses it */
+            }
+            keys[nkeys].s = key;
+            keys[nkeys++].len = klen;
+            jt_ws(t);
+            if (t->p >= t->end || *t->p++ != ':')
+                return 0;
+            if (n != NULL) {
+                for (i = 0; i < n->nprops; i++) {
+                    if (n->props[i].namelen == klen && memcmp(n->props[i].name, key, klen) == 0) {
+                        sub = n->props[i].node;
+                        break;
+                    }
+                }
+                if (sub == NULL && n->additional != NULL) {
+                    if (n->additional->boolean == 0)
+                        return 0;
+                    sub = n->additional;
+                }
+            }
+            if (!jt_value(t, sub))
+                return 0;
+            if ((next = jt_next(t, '}')) != 1) {
+                if (next == 0)
+                    return 0;
+                break;
+            }
+            jt_ws(t);
+        }
+    }
+    for (i = 0; n != NULL && i < n->nrequired; i++) {
+        size_t rlen = strlen(n->required[i]);
+
+        for (k = 0; k < nkeys; k++) {
+            if (keys[k].len == rlen && memcmp(keys[k].s, n->required[i], rlen) == 0)
+                break;
+        }
+        if (k == nkeys)
+            return 0;
+    }
+    return 1;
+}
+
+/* One value at t->p (after white space) against n (NULL: any value).
+ * RETURNS: 1 read and valid; 0 cannot tell. */
+static int jt_value(struct jt *t, const struct js_node *n)
+{
+    unsigned type;
+    int ok;
+
+    if (!jt_resolve(&n))
+        return 0;
+    if (n != NULL) {
+        if (n->boolean == 0 || n->enum_vals != NULL || n->const_val != NULL)
+            return 0;
+        if (n->boolean == 1)
+            n = NULL;   /* true: any value, but it must still be read */
+    }
+    jt_ws(t);
+    if (t->p >= t->end || ++t->depth > JT_MAX_DEPTH)
+        return 0;
+    switch (*t->p) {
+    case '{':
+        type = JT_OBJECT;
+        ok = (n == NULL || n->types == 0 || (n->types & type)) && jt_object(t, n);
+        break;
+    case '[':
+        type = JT_ARRAY;
+        ok = (n == NULL || n->types == 0 || (n->types & type)) && jt_array(t, n);
+        break;
+    case '"':
+        type = JT_STRING;
+        ok = (n == NULL || n->types == 0 || (n->types & type)) && jt_string_value(t, n);
+        break;
+    case 't':
+    case 'f':
+    case 'n': {
+        const char *w = *t->p == 't' ? "true" : *t->p == 'f' ? "false" : "null";
+        size_t wl = strlen(w);
+
+        type = *t->p == 'n' ? JT_NULL : JT_BOOLEAN;
+        ok = (size_t)(t->end - t->p) >= wl && memcmp(t->p, w, wl) == 0 &&
+             (n == NULL || n->types == 0 || (n->types & type));
+        t->p += ok ? wl : 0;
+        break;
+    }
+    default:
+        ok = jt_number_value(t, n, &type);
+        break;
+    }
+    t->depth--;
+    return ok;
+}
+
+int jsonschema_check_text(const jsonschema *js, const char *text, size_t len)
+{
+    struct jt t = { text, text + len, 0 };
+
+    if (text == NULL || !jt_value(&t, js ? js->root : NULL))
+        return 0;
+    jt_ws(&t);
+    return t.p == t.end;
 }

@@ -3,7 +3,8 @@
  *
  * Shared by the `validate` transform and the `http` input (which compiles
  * ../validate/jsonschema.c itself to refuse bad orders at the API edge), so
- * it knows nothing of the host or the plugin ABI: jansson and libc only.
+ * it knows nothing of the host or the plugin ABI: jansson, libc and the
+ * reader in ../common/jsondec.c (which whoever compiles this compiles too).
  *
  * Supported keywords
  *   type (a name or an array of names; "integer" accepts 3 and 3.0),
@@ -44,6 +45,19 @@ jsonschema *jsonschema_compile(const json_t *schema, char *err, size_t errlen);
  * RETURNS: 0 valid; 1 invalid with the first violation in err;
  *          -ENOMEM. */
 int jsonschema_validate(const jsonschema *s, const json_t *instance, char *err, size_t errlen);
+
+/* JSONSCHEMA_CHECK_TEXT - the quick "valid" for the common case, read off
+ * JSON text (len bytes) without building a tree.  1 means: jdec_loadb() and
+ * json_loadb(text, len, JSON_REJECT_DUPLICATES) both take the text and
+ * jsonschema_validate() finds the document valid against s (NULL: any
+ * document).  It is said only for text with no escapes in its strings, at
+ * most 32 levels of nesting and 32 members per object, checked against
+ * schemas without enum or const and with any $ref standing alone.  0 is
+ * "cannot tell" - an invalid document as well as one outside those limits:
+ * decode the text and ask jsonschema_validate() for the verdict and the
+ * error.
+ * RETURNS: 1 or 0. */
+int jsonschema_check_text(const jsonschema *s, const char *text, size_t len);
 
 /* JSONSCHEMA_FREE - free a compiled schema (NULL is fine). */
 void jsonschema_free(jsonschema *s);

@@ -367,9 +367,11 @@ typedef struct orderd_host {
 
     /* MSG_SET_BODY_JSON - msg_set_body_text() without the check, for text
      * known to be JSON because msg_body_text() made it (of this or another
-     * message; a store that kept it, say).  Anything else is a bug in the
-     * caller: decoding it later, when a stage asks for the tree, ends the
-     * daemon.
+     * message; a store that kept it, say), or because the caller read it
+     * already by the same rules (the http input checks an order on its text
+     * against the schema, and hands that text on).  Anything else is a bug
+     * in the caller: decoding it later, when a stage asks for the tree, ends
+     * the daemon.
      * RETURNS: 0, -EINVAL (text is NULL) or -ENOMEM (the body is unchanged). */
     int (*msg_set_body_json)(orderd_msg *m, const char *text, size_t len);
 
