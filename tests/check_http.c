@@ -382,6 +382,22 @@ START_TEST(test_pending_max)
         resp_free(&r);
     }
     th_stage_free(s);
+
+    /* As many ids as buckets (1024): chains form, and the oldest are
+     * evicted from the middle and the ends of them. */
+    s = start_stage("pending_max = 1000;");
+    port = port_of(s);
+    for (int i = 0; i < 1300; i++) {
+        snprintf(body, sizeof(body), "{\"id\":\"q-%d\"}", i);
+        ck_assert_int_eq(request(port, "POST", "/orders", NULL, body, &r), 202);
+        resp_free(&r);
+    }
+    for (int i = 0; i < 1300; i++) {
+        snprintf(path, sizeof(path), "/orders/q-%d", i);
+        ck_assert_int_eq(request(port, "GET", path, NULL, NULL, &r), i < 300 ? 404 : 200);
+        resp_free(&r);
+    }
+    th_stage_free(s);
 }
 END_TEST
 

@@ -88,6 +88,7 @@ typedef int hp_ret;
  * instead of 404 while the pipeline catches up.  Bounded: oldest evicted. */
 struct hp_pend {
     struct hp_pend  *hnext;
+    struct hp_pend **hpp;            /* the pointer to this one in its chain */
     struct hp_pend  *prev, *next;   /* insertion order, oldest first */
     uint64_t         hash;
     char             id[];
@@ -433,11 +434,13 @@ static struct hp_pend **hp_pend_slot(struct hp *h, const char *id, uint64_t hash
     return pp;
 }
 
-static void hp_pend_unlink(struct hp *h, struct hp_pend **slot)
+/* Out of its chain (no walk from the bucket: the oldest is evicted on
+ * every add once the table is full) and of the age list, and freed. */
+static void hp_pend_unlink(struct hp *h, struct hp_pend *e)
 {
-    struct hp_pend *e = *slot;
-
-    *slot = e->hnext;
+    *e->hpp = e->hnext;
+    if (e->hnext != NULL)
+        e->hnext->hpp = e->hpp;
     if (e->prev) e->prev->next = e->next; else h->pend_oldest = e->next;
     if (e->next) e->next->prev = e->prev; else h->pend_newest = e->prev;
     h->pend_count--;
@@ -466,10 +469,11 @@ static void hp_pend_add(struct hp *h, const char *id)
         return;
     }
     if (h->pend_count >= h->pending_max) {
-        hp_pend_unlink(h, hp_pend_slot(h, h->pend_oldest->id, h->pend_oldest->hash));
+        hp_pend_unlink(h, h->pend_oldest);
         slot = hp_pend_slot(h, id, e->hash);
     }
     *slot = e;
+    e->hpp = slot;
     e->prev = h->pend_newest;
     if (h->pend_newest) h->pend_newest->next = e; else h->pend_oldest = e;
     h->pend_newest = e;
@@ -488,7 +492,7 @@ static bool hp_pend_check(struct hp *h, const char *id, bool remove)
     struct hp_pend **slot = hp_pend_slot(h, id, hash);
     found = *slot != NULL;
     if (found && remove)
-        hp_pend_unlink(h, slot);
+        hp_pend_unlink(h, *slot);
     pthread_mutex_unlock(&h->pend_lock);
     return found;
 }
