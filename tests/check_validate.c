@@ -80,6 +80,8 @@ static const struct kw_case kw_cases[] = {
     { "{\"$defs\":{\"pos\":{\"minimum\":1}},\"properties\":{\"n\":{\"$ref\":\"#/$defs/pos\"}}}",
       "{\"n\":1}", "{\"n\":0}", "/n: 0 is less than minimum 1" },
     { "{\"properties\":{\"x\":false}}", "{}", "{\"x\":null}", "/x: no value is allowed here (schema false)" },
+    { "{\"$defs\":{\"s\":{\"type\":\"string\"}},\"$ref\":\"#/$defs/s\",\"enum\":[\"EUR\"]}", "\"EUR\"", "\"GBP\"",
+      "/: \"GBP\" is not one of [\"EUR\"]" },
     /* unknown keywords are ignored, not errors */
     { "{\"anyOf\":[{\"type\":\"string\"}],\"format\":\"email\",\"type\":\"integer\"}", "5", "\"s\"",
       "/: expected integer, got string" },
@@ -290,23 +292,24 @@ START_TEST(test_check_text_shipped)
 }
 END_TEST
 
-/* Every byte of a valid order replaced, deleted or doubled, in turn: the
- * text check may give up on any of them, but whenever it says "valid" the
- * tree path must say so too (decoder and schema), and the core's reader must
- * take the text alone, or an order would go on that the tree path refuses. */
-START_TEST(test_check_text_mutations)
+/* Every byte of text replaced, deleted or doubled, in turn: the text
+ * check may give up on any of them, but whenever it says "valid" the tree
+ * path must say so too (decoder and schema), and the core's reader must
+ * take the text alone, or an order would go on that the tree path refuses.
+ * RETURNS: how many mutations the text check took; *tried how many. */
+static size_t mutations_agree(const jsonschema *js, const char *text, size_t *tried)
 {
     static const char subst[] = "0159-+.eE\"\\{}[],: xtn\x80\xc3\x01";
-    jsonschema *js = shipped_schema();
-    size_t len = strlen(text_order), i, k, taken = 0, tried = 0;
+    size_t len = strlen(text), i, k, taken = 0;
     char buf[1024];
 
     ck_assert_uint_lt(len * 2, sizeof(buf));
+    *tried = 0;
     for (i = 0; i < len; i++) {
         for (k = 0; k <= sizeof(subst); k++) {
             size_t n;
 
-            memcpy(buf, text_order, len);
+            memcpy(buf, text, len);
             if (k < sizeof(subst) - 1) {            /* replaced */
                 buf[i] = subst[k];
                 n = len;
@@ -317,7 +320,7 @@ START_TEST(test_check_text_mutations)
                 memmove(buf + i + 1, buf + i, len - i);
                 n = len + 1;
             }
-            tried++;
+            (*tried)++;
             if (jsonschema_check_text(js, buf, n) == 1) {
                 taken++;
                 ck_assert_msg(tree_verdict(js, buf, n) == 1, "the tree refuses what the text took: %.*s",
@@ -327,11 +330,32 @@ START_TEST(test_check_text_mutations)
             }
         }
     }
+    return taken;
+}
+
+START_TEST(test_check_text_mutations)
+{
+    jsonschema *js = shipped_schema();
+    size_t tried, taken = mutations_agree(js, text_order, &tried);
+
     /* Many mutations leave a valid order (a digit of a price, a letter of
      * a name): the check is not vacuous. */
     ck_assert_uint_gt(taken, tried / 10);
     ck_assert_uint_lt(taken, tried);
     jsonschema_free(js);
+
+    /* the same for every schema and instance of the keyword table */
+    for (size_t c = 0; c < sizeof(kw_cases) / sizeof(kw_cases[0]); c++) {
+        char err[512];
+        json_t *schema = parse(kw_cases[c].schema);
+
+        js = jsonschema_compile(schema, err, sizeof(err));
+        ck_assert_msg(js != NULL, "%s", err);
+        mutations_agree(js, kw_cases[c].good, &tried);
+        mutations_agree(js, kw_cases[c].bad, &tried);
+        jsonschema_free(js);
+        json_decref(schema);
+    }
 }
 END_TEST
 

@@ -995,9 +995,10 @@ static int jt_resolve(const struct js_node **np)
     int hops = 0;
 
     while (n != NULL && n->ref_node != NULL) {
-        if (n->types != 0 || n->num_flags != 0 || n->min_len >= 0 || n->max_len >= 0 ||
-            n->min_items >= 0 || n->max_items >= 0 || n->nrequired != 0 || n->nprops != 0 ||
-            n->additional != NULL || n->items != NULL || n->pattern != NULL || ++hops > JS_MAX_DEPTH)
+        if (n->types != 0 || n->enum_vals != NULL || n->const_val != NULL || n->num_flags != 0 ||
+            n->min_len >= 0 || n->max_len >= 0 || n->min_items >= 0 || n->max_items >= 0 ||
+            n->nrequired != 0 || n->nprops != 0 || n->additional != NULL || n->items != NULL ||
+            n->pattern != NULL || ++hops > JS_MAX_DEPTH)
             return 0;
         n = n->ref_node;
     }
