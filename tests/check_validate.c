@@ -431,6 +431,26 @@ START_TEST(test_shipped_schema)
 }
 END_TEST
 
+/* Validation only reads the body: one that came as text keeps its text,
+ * as given (white space included), for the stages after it. */
+START_TEST(test_keeps_body_text)
+{
+    static const char given[] = " {\"customerId\": \"c\", \"currency\": \"EUR\","
+                                " \"items\": [{\"sku\": \"A\", \"qty\": 1, \"price\": 1.50}]} ";
+    const orderd_host *h = th_host();
+    struct th_stage *s = shipped_stage();
+    orderd_msg *m = th_msg("{}");
+    size_t len;
+
+    ck_assert_int_eq(h->msg_set_body_text(m, given, strlen(given)), 0);
+    ck_assert_int_eq(th_process(s, m), ORDERD_OK);
+    ck_assert_str_eq(h->msg_body_text(m, &len), given);
+    ck_assert_uint_eq(len, strlen(given));
+    th_msg_free(m);
+    th_stage_free(s);
+}
+END_TEST
+
 START_TEST(test_commands)
 {
     struct th_stage *s = shipped_stage();
@@ -489,6 +509,7 @@ int main(void)
     tcase_add_test(tc, test_check_text_shipped);
     tcase_add_test(tc, test_check_text_mutations);
     tcase_add_test(tc, test_shipped_schema);
+    tcase_add_test(tc, test_keeps_body_text);
     tcase_add_test(tc, test_commands);
     tcase_add_test(tc, test_bad_schema_file);
     suite_add_tcase(s, tc);

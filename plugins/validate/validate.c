@@ -85,13 +85,15 @@ static orderd_outcome val_process(void *state, orderd_msg *m)
     struct val_state *st = state;
     const orderd_host *h = st->host;
     const char *cmd = h->msg_prop(m, "command");
-    json_t *body;
+    const json_t *body;
     char err[512];
     int rc;
 
     if (!st->all_commands && cmd != NULL && strcmp(cmd, "create") != 0)
         return ORDERD_OK;
-    body = h->msg_body(m);
+    /* Read only: a body that came as text keeps it (ABI 1.3), so the
+     * stages after this one need not encode it again. */
+    body = ORDERD_HOST_HAS(h, msg_body_peek) ? h->msg_body_peek(m) : h->msg_body(m);
     if (body == NULL) {
         h->metric_add(st->inst, "invalid", 1);
         return h->reject(m, "message has no JSON body to validate");
