@@ -1176,6 +1176,7 @@ static char *hp_order_text(const struct hp *h, const struct hp_req *r, size_t *l
     }
     return out;
 tree:
+    id[0] = '\0';
     free(out);
     return NULL;
 }
@@ -1197,10 +1198,12 @@ static size_t hp_text_add_id(char *text, size_t len, const char *id)
 }
 
 /* The body as a tree for the paths the text does not take: decoded,
- * checked against the schema (creates), every error answered.
+ * checked against the schema (creates), every error answered.  A create's
+ * "id", when it has one, is copied into id ("" when it has none), as
+ * hp_order_text() does.
  * RETURNS: the tree, or NULL with *ret the answer given. */
 static json_t *hp_body_tree(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
-                            hp_ret *ret)
+                            char id[HP_ID_MAX + 1], hp_ret *ret)
 {
     json_error_t jerr;
     json_t *body, *jid;
@@ -1257,6 +1260,7 @@ static json_t *hp_body_tree(struct hp *h, struct MHD_Connection *c, struct hp_re
             return NULL;
         }
     }
+    hp_cat(id, HP_ID_MAX + 1, jid != NULL ? json_string_value(jid) : "", (char *)NULL);
     return body;
 }
 
@@ -1284,20 +1288,11 @@ static hp_ret hp_post(struct hp *h, struct MHD_Connection *c, struct hp_req *r,
 
     if (r->route == HP_R_ORDERS)
         text = hp_order_text(h, r, &tlen, order_id);
-    if (text == NULL && (body = hp_body_tree(h, c, r, &ret)) == NULL)
+    if (text == NULL && (body = hp_body_tree(h, c, r, order_id, &ret)) == NULL)
         return ret;
-    if (r->route == HP_R_COMMAND) {
+    if (r->route == HP_R_COMMAND)
         snprintf(order_id, sizeof order_id, "%s", r->order_id);
-        has_id = true;
-    } else if (body != NULL) {
-        json_t *jid = json_object_get(body, "id");
-
-        if (jid != NULL)
-            hp_cat(order_id, sizeof order_id, json_string_value(jid), (char *)NULL);
-        has_id = jid != NULL;
-    } else {
-        has_id = order_id[0] != '\0';
-    }
+    has_id = order_id[0] != '\0';   /* a valid id is never empty */
 
     if (idem_key != NULL) {
         const void *kb[] = { "order", idem_key };
