@@ -695,10 +695,15 @@ void jsonschema_free(jsonschema *js)
 
 /* ---- validation ---- */
 
+/* The type bits of a real number: JSON Schema counts 3.0 as an integer,
+ * it is the same number as 3. */
+static unsigned js_real_type(double d)
+{
+    return JT_NUMBER | (isfinite(d) && floor(d) == d ? JT_INTEGER : 0);
+}
+
 static unsigned js_type_of(const json_t *v)
 {
-    double d;
-
     switch (json_typeof(v)) {
     case JSON_NULL:    return JT_NULL;
     case JSON_TRUE:
@@ -707,10 +712,7 @@ static unsigned js_type_of(const json_t *v)
     case JSON_ARRAY:   return JT_ARRAY;
     case JSON_STRING:  return JT_STRING;
     case JSON_INTEGER: return JT_NUMBER | JT_INTEGER;
-    case JSON_REAL:
-        d = json_real_value(v);
-        /* JSON Schema: 3.0 is an integer, it is the same number as 3. */
-        return JT_NUMBER | (isfinite(d) && floor(d) == d ? JT_INTEGER : 0);
+    case JSON_REAL:    return js_real_type(json_real_value(v));
     }
     return 0;
 }
@@ -751,19 +753,62 @@ static size_t js_utf8_len(const char *s, size_t bytes)
 
 static int js_check(struct js_ctx *c, const struct js_node *n, const json_t *v, int depth);
 
+/* The rules themselves, shared by the check of a tree (js_check, which
+ * words the error) and the check of text (jt_value, which only needs to
+ * know). */
+
+/* The first of n's numeric bounds that d breaks (JN_*), or 0. */
+static unsigned js_number_breaks(const struct js_node *n, double d)
+{
+    if ((n->num_flags & JN_MIN) && d < n->minimum)
+        return JN_MIN;
+    if ((n->num_flags & JN_MAX) && d > n->maximum)
+        return JN_MAX;
+    if ((n->num_flags & JN_XMIN) && d <= n->xminimum)
+        return JN_XMIN;
+    if ((n->num_flags & JN_XMAX) && d >= n->xmaximum)
+        return JN_XMAX;
+    return 0;
+}
+
+/* count against a minimum and a maximum (-1: unset): -1 under, 1 over,
+ * 0 within.  For minLength/maxLength and minItems/maxItems. */
+static int js_count_breaks(long long min, long long max, long long count)
+{
+    if (min >= 0 && count < min)
+        return -1;
+    if (max >= 0 && count > max)
+        return 1;
+    return 0;
+}
+
+/* Does n's "type" allow a value of type bits t? */
+static int js_type_allows(const struct js_node *n, unsigned t)
+{
+    return n->types == 0 || (n->types & t) != 0;
+}
+
+/* Does s (len bytes) match n's pattern?  s must be NUL-terminated at len
+ * unless the pattern is a span (checked without regexec()). */
+static int js_pattern_matches(const struct js_node *n, const char *s, size_t len)
+{
+    return n->span != NULL ? js_span_match(n->span, s, len) : regexec(&n->re, s, 0, NULL, 0) == 0;
+}
+
 static int js_check_number(struct js_ctx *c, const struct js_node *n, const json_t *v)
 {
-    double d = json_number_value(v);
     char a[64];
 
-    if ((n->num_flags & JN_MIN) && d < n->minimum)
+    switch (js_number_breaks(n, json_number_value(v))) {
+    case JN_MIN:
         return js_fail(c, "%s is less than minimum %.15g", js_show(v, a, sizeof(a)), n->minimum);
-    if ((n->num_flags & JN_MAX) && d > n->maximum)
+    case JN_MAX:
         return js_fail(c, "%s is greater than maximum %.15g", js_show(v, a, sizeof(a)), n->maximum);
-    if ((n->num_flags & JN_XMIN) && d <= n->xminimum)
+    case JN_XMIN:
         return js_fail(c, "%s is not greater than exclusiveMinimum %.15g", js_show(v, a, sizeof(a)), n->xminimum);
-    if ((n->num_flags & JN_XMAX) && d >= n->xmaximum)
+    case JN_XMAX:
         return js_fail(c, "%s is not less than exclusiveMaximum %.15g", js_show(v, a, sizeof(a)), n->xmaximum);
+    }
     return 0;
 }
 
@@ -774,17 +819,17 @@ static int js_check_string(struct js_ctx *c, const struct js_node *n, const json
 
     if (n->min_len >= 0 || n->max_len >= 0) {
         len = js_utf8_len(json_string_value(v), json_string_length(v));
-        if (n->min_len >= 0 && (long long)len < n->min_len)
+        switch (js_count_breaks(n->min_len, n->max_len, (long long)len)) {
+        case -1:
             return js_fail(c, "%s is shorter than minLength %lld", js_show(v, a, sizeof(a)), n->min_len);
-        if (n->max_len >= 0 && (long long)len > n->max_len)
+        case 1:
             return js_fail(c, "string of %zu characters is longer than maxLength %lld", len, n->max_len);
+        }
     }
     /* strlen() check: regexec() cannot see past an embedded NUL, so such a
      * string could slip past an anchored pattern. */
     if (n->pattern != NULL && (strlen(json_string_value(v)) != json_string_length(v)
-                               || (n->span != NULL
-                                   ? !js_span_match(n->span, json_string_value(v), json_string_length(v))
-                                   : regexec(&n->re, json_string_value(v), 0, NULL, 0) != 0)))
+                               || !js_pattern_matches(n, json_string_value(v), json_string_length(v))))
         return js_fail(c, "%s does not match pattern %s", js_show(v, a, sizeof(a)), n->pattern);
     return 0;
 }
@@ -794,10 +839,12 @@ static int js_check_array(struct js_ctx *c, const struct js_node *n, const json_
     size_t i, size = json_array_size(v), old;
     const json_t *e;
 
-    if (n->min_items >= 0 && (long long)size < n->min_items)
+    switch (js_count_breaks(n->min_items, n->max_items, (long long)size)) {
+    case -1:
         return js_fail(c, "%zu items is fewer than minItems %lld", size, n->min_items);
-    if (n->max_items >= 0 && (long long)size > n->max_items)
+    case 1:
         return js_fail(c, "%zu items is more than maxItems %lld", size, n->max_items);
+    }
     if (n->items == NULL)
         return 0;
     json_array_foreach(v, i, e) {
@@ -860,7 +907,7 @@ static int js_check(struct js_ctx *c, const struct js_node *n, const json_t *v, 
         return 1;
 
     t = js_type_of(v);
-    if (n->types != 0 && (n->types & t) == 0) {
+    if (!js_type_allows(n, t)) {
         char want[96] = "";
 
         for (i = 0; i < sizeof(js_type_names) / sizeof(js_type_names[0]); i++) {
@@ -1015,25 +1062,24 @@ static int jt_string_value(struct jt *t, const struct js_node *n)
         return 0;
     if (n == NULL)
         return 1;
-    if ((n->min_len >= 0 && (long long)chars < n->min_len) ||
-        (n->max_len >= 0 && (long long)chars > n->max_len))
+    if (js_count_breaks(n->min_len, n->max_len, (long long)chars) != 0)
         return 0;
     if (n->pattern == NULL)
         return 1;
-    if (n->span != NULL)
-        return js_span_match(n->span, s, bytes);
-    {
+    if (n->span == NULL) {
+        /* regexec() wants the string NUL-terminated */
         char buf[256];
 
         if (bytes >= sizeof(buf))
             return 0;
         memcpy(buf, s, bytes);
         buf[bytes] = '\0';
-        return regexec(&n->re, buf, 0, NULL, 0) == 0;
+        return js_pattern_matches(n, buf, bytes);
     }
+    return js_pattern_matches(n, s, bytes);
 }
 
-static int jt_number_value(struct jt *t, const struct js_node *n, unsigned *type)
+static int jt_number_value(struct jt *t, const struct js_node *n)
 {
     struct jdec_num num;
     const char *p = jdec_scan_number(t->p, t->end, &num);
@@ -1041,15 +1087,8 @@ static int jt_number_value(struct jt *t, const struct js_node *n, unsigned *type
     if (p == NULL)
         return 0;
     t->p = p;
-    *type = JT_NUMBER | (!num.real || (isfinite(num.d) && floor(num.d) == num.d) ? JT_INTEGER : 0);
-    if (n == NULL)
-        return 1;
-    if (n->types != 0 && (n->types & *type) == 0)
-        return 0;
-    return !((n->num_flags & JN_MIN) && num.d < n->minimum) &&
-           !((n->num_flags & JN_MAX) && num.d > n->maximum) &&
-           !((n->num_flags & JN_XMIN) && num.d <= n->xminimum) &&
-           !((n->num_flags & JN_XMAX) && num.d >= n->xmaximum);
+    return n == NULL || (js_type_allows(n, num.real ? js_real_type(num.d) : JT_NUMBER | JT_INTEGER) &&
+                         js_number_breaks(n, num.d) == 0);
 }
 
 static int jt_array(struct jt *t, const struct js_node *n)
@@ -1075,8 +1114,7 @@ static int jt_array(struct jt *t, const struct js_node *n)
             }
         }
     }
-    return n == NULL || !((n->min_items >= 0 && count < n->min_items) ||
-                          (n->max_items >= 0 && count > n->max_items));
+    return n == NULL || js_count_breaks(n->min_items, n->max_items, count) == 0;
 }
 
 static int jt_object(struct jt *t, const struct js_node *n)
@@ -1147,7 +1185,6 @@ static int jt_object(struct jt *t, const struct js_node *n)
  * RETURNS: 1 read and valid; 0 cannot tell. */
 static int jt_value(struct jt *t, const struct js_node *n)
 {
-    unsigned type;
     int ok;
 
     if (!jt_resolve(&n))
@@ -1163,16 +1200,13 @@ static int jt_value(struct jt *t, const struct js_node *n)
         return 0;
     switch (*t->p) {
     case '{':
-        type = JT_OBJECT;
-        ok = (n == NULL || n->types == 0 || (n->types & type)) && jt_object(t, n);
+        ok = (n == NULL || js_type_allows(n, JT_OBJECT)) && jt_object(t, n);
         break;
     case '[':
-        type = JT_ARRAY;
-        ok = (n == NULL || n->types == 0 || (n->types & type)) && jt_array(t, n);
+        ok = (n == NULL || js_type_allows(n, JT_ARRAY)) && jt_array(t, n);
         break;
     case '"':
-        type = JT_STRING;
-        ok = (n == NULL || n->types == 0 || (n->types & type)) && jt_string_value(t, n);
+        ok = (n == NULL || js_type_allows(n, JT_STRING)) && jt_string_value(t, n);
         break;
     case 't':
     case 'f':
@@ -1180,14 +1214,13 @@ static int jt_value(struct jt *t, const struct js_node *n)
         const char *w = *t->p == 't' ? "true" : *t->p == 'f' ? "false" : "null";
         size_t wl = strlen(w);
 
-        type = *t->p == 'n' ? JT_NULL : JT_BOOLEAN;
         ok = (size_t)(t->end - t->p) >= wl && memcmp(t->p, w, wl) == 0 &&
-             (n == NULL || n->types == 0 || (n->types & type));
+             (n == NULL || js_type_allows(n, *t->p == 'n' ? JT_NULL : JT_BOOLEAN));
         t->p += ok ? wl : 0;
         break;
     }
     default:
-        ok = jt_number_value(t, n, &type);
+        ok = jt_number_value(t, n);
         break;
     }
     t->depth--;
