@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../plugins/common/deadline.h"
 #include "../plugins/common/jsondec.h"
 #include "../plugins/common/jsonenc.h"
 #include "dlq.h"
@@ -608,15 +609,8 @@ static int64_t promote_due(struct od_pipe *p)
 
 static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms)
 {
-    struct timespec ts;
+    struct timespec ts = deadline_after_ms(ms);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
     pthread_cond_timedwait(cv, mu, &ts);
 }
 

@@ -121,6 +121,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../plugins/common/deadline.h"
 #include "log.h"
 #include "spool.h"
 #include "util.h"
@@ -1349,15 +1350,8 @@ int od_spool_next_obj(struct od_spool *s, uint64_t *seq, void **data, size_t *le
 
     if (obj != NULL)
         *obj = NULL;
-    if (timeout_ms > 0) {
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += timeout_ms / 1000;
-        deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
-        if (deadline.tv_nsec >= 1000000000) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000;
-        }
-    }
+    if (timeout_ms > 0)
+        deadline = deadline_after_ms(timeout_ms);
 
     pthread_mutex_lock(&s->mu);
     for (;;) {

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/deadline.h"
 #include "../common/lowmark.h"
 #include "cosmos.h"
 
@@ -48,15 +49,8 @@ struct cos_feed {
 static void
 cos_feed_wait(struct cos_feed *f, long ms)
 {
-    struct timespec ts;
+    struct timespec ts = deadline_after_ms(ms);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&f->mu);
     if (!f->stopping)
         pthread_cond_timedwait(&f->cond, &f->mu, &ts);

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/deadline.h"
 #include "../common/jsonenc.h"
 #include "file.h"
 
@@ -159,13 +160,7 @@ fp_timer(void *arg)
 
     pthread_mutex_lock(&fp->mtx);
     while (!fp->stopping) {
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += fp->interval_ms / 1000;
-        ts.tv_nsec += (fp->interval_ms % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        ts = deadline_after_ms(fp->interval_ms);
         pthread_cond_timedwait(&fp->cond, &fp->mtx, &ts);
         int64_t now = file_mono_ms();
         if (fp->dirty && now - fp->last_sync_ms >= fp->interval_ms) {

@@ -95,10 +95,6 @@ size_t sq_tail_take(struct sq_tail *t, int64_t after, struct sq_event **out, siz
 void sq_tail_wait(struct sq_tail *t, uint64_t gen, int64_t ms);
 void sq_tail_wake(struct sq_tail *t);
 
-/* CLOCK_MONOTONIC ms from now, for pthread_cond_timedwait on a condition
- * variable made with that clock. */
-struct timespec sq_deadline(int64_t ms);
-
 /* Wall clock, Unix epoch milliseconds. */
 int64_t sq_now_ms(void);
 

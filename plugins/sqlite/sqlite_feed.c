@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/deadline.h"
 #include "../common/jsondec.h"
 #include "../common/lowmark.h"
 #include "sq.h"
@@ -375,7 +376,7 @@ sqf_submit_row(struct sqf *f, struct sqf_row *r)
 static void
 sqf_wait(struct sqf *f, int64_t ms)
 {
-    struct timespec ts = sq_deadline(ms);
+    struct timespec ts = deadline_after_ms(ms);
 
     pthread_mutex_lock(&f->lock);
     if (!f->stopping)

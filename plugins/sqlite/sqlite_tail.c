@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "../common/deadline.h"
 #include "sq.h"
 
 #define SQ_TAIL_MAX       8192
@@ -228,7 +229,7 @@ sq_tail_take(struct sq_tail *t, int64_t after, struct sq_event **out, size_t max
 void
 sq_tail_wait(struct sq_tail *t, uint64_t gen, int64_t ms)
 {
-    struct timespec ts = sq_deadline(ms);
+    struct timespec ts = deadline_after_ms(ms);
 
     pthread_mutex_lock(&t->lock);
     while (t->gen == gen && pthread_cond_timedwait(&t->more, &t->lock, &ts) == 0)

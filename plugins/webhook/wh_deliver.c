@@ -22,6 +22,7 @@
 
 #include <curl/curl.h>
 
+#include "../common/deadline.h"
 #include "webhook.h"
 
 #define WH_POLL_MS      100     /* how often a transfer checks for stop() */
@@ -412,16 +413,9 @@ wh_commit(struct wh_sub *s, const struct wh_rec *recs, int n)
 static int
 wh_wait(struct wh_sub *s, int64_t ms)
 {
-    struct timespec ts;
+    struct timespec ts = deadline_after_ms(ms);
     int stop;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&s->lock);
     while (!(stop = atomic_load(&s->wp->stopping))) {
         if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
