@@ -82,6 +82,8 @@ static const orderd_option spool_options[] = {
       .help = "size of one segment file; completed segments are deleted" },
     { .key = "sync", .type = ORDERD_T_BOOL, .def = "true",
       .help = "fdatasync before an input is told a message is accepted (group commit); the segment being written is then zero-filled ahead of its records, so that fdatasync overwrites allocated blocks instead of growing the file (a segment file takes segment_bytes on disk before it is full)" },
+    { .key = "group_delay", .type = ORDERD_T_DURATION, .def = "1ms",
+      .help = "with sync, while messages arrive concurrently (the last group commit held more than one), how long a group may wait for as many messages as the last one held before its fdatasync: fewer, larger commits for a little latency; 0 writes at once. A lone client never waits. Applies to the event-driven HTTP input (http threads > 0)" },
     { .key = NULL }
 };
 

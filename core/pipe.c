@@ -1178,6 +1178,7 @@ int od_pipe_create(const struct od_pipeline_conf *pc, const char *state_dir, str
             .max_bytes = (uint64_t)json_integer_value(json_object_get(pc->spool, "max_bytes")),
             .segment_bytes = (uint64_t)json_integer_value(json_object_get(pc->spool, "segment_bytes")),
             .sync = json_is_true(json_object_get(pc->spool, "sync")),
+            .group_delay_ms = json_integer_value(json_object_get(pc->spool, "group_delay")),
             /* Submitted messages wait in memory for the reader, up to as
              * many as may be in flight and 8 MiB of their records. */
             .hot_max = (size_t)pc->queue_size,

@@ -20,6 +20,10 @@ struct od_spool_opts {
     uint64_t    max_bytes;       /* appends fail with -ENOSPC beyond this (0: no limit) */
     uint64_t    segment_bytes;   /* roll to a new segment past this size */
     int         sync;            /* 1: fdatasync before append returns (durable mode) */
+    /* With sync: how long the writer thread may let a group of asynchronous
+     * appends gather while appends are concurrent (see spool.c GATHERING);
+     * 0: it writes whatever is queued at once. */
+    int64_t     group_delay_ms;
     /* In-memory copies (the *_obj appends): at most hot_max objects whose
      * records add up to at most hot_bytes are kept; 0 keeps none.
      * hot_free frees one the spool does not hand out. */

@@ -1321,6 +1321,137 @@ START_TEST(test_async_append)
 }
 END_TEST
 
+/* ---- gathering (group_delay) ---- */
+
+static struct od_spool *gd_open(int64_t delay_ms, int sync)
+{
+    struct od_spool_opts o = {
+        .dir = spooldir, .segment_bytes = 64 * 1024, .sync = sync, .group_delay_ms = delay_ms,
+    };
+    struct od_spool *s = NULL;
+    int rc = od_spool_open(&o, &s);
+
+    ck_assert_msg(rc == 0, "od_spool_open: %s", strerror(-rc));
+    return s;
+}
+
+static int64_t gd_ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* Waits up to 10 s for the callbacks to reach total; the milliseconds it took. */
+static int64_t gd_wait_total(struct as_ctx *c, unsigned total)
+{
+    struct timespec t0;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (as_total(c) < total && gd_ms_since(&t0) < 10000)
+        usleep(1000);
+    ck_assert_uint_eq(as_total(c), total);
+    return gd_ms_since(&t0);
+}
+
+/* Two deferred appends flushed: one group of two, so the writer gathers next. */
+static void gd_concurrent(struct od_spool *s, struct as_ctx *c, uint32_t i)
+{
+    uint64_t seq;
+
+    as_queue_deferred(s, c, i, &seq);
+    as_queue_deferred(s, c, i + 1, &seq);
+    od_spool_flush(s);
+}
+
+static void gd_expect_groups(struct od_spool *s, uint64_t commits, uint64_t committed)
+{
+    struct od_spool_stats st;
+
+    od_spool_stats(s, &st);
+    ck_assert_uint_eq(st.commits, commits);
+    ck_assert_uint_eq(st.committed, committed);
+}
+
+/* group_delay: after a group of several records the writer waits for as
+ * many (or the delay) before writing; a lone appender never waits; a
+ * synchronous appender and shutdown end the wait; no sync, no waiting.
+ * The delays are a minute where the wait must end some other way, so a
+ * slow machine cannot make these pass or fail by timing. */
+START_TEST(test_group_delay)
+{
+    struct od_spool *s = gd_open(60000, 1);
+    static struct as_ctx c;
+    struct timespec t0;
+    uint64_t seq;
+
+    memset(&c, 0, sizeof(c));
+    pthread_mutex_init(&c.mu, NULL);
+
+    /* a lone appender: each group holds one record, nothing waits */
+    for (uint32_t i = 0; i < 5; i++) {
+        as_queue(s, &c, i, &seq);
+        ck_assert_int_lt(gd_wait_total(&c, i + 1), 10000);
+    }
+    gd_expect_groups(s, 5, 5);
+
+    /* after a group of two, one record waits for a second one ... */
+    gd_concurrent(s, &c, 5);
+    gd_expect_groups(s, 6, 7);
+    as_queue(s, &c, 10, &seq);
+    usleep(200 * 1000);
+    ck_assert_uint_eq(as_total(&c), 7);
+    ck_assert_uint_eq(sp_records(s), 7);
+    /* ... which ends the wait at once: one group, one fdatasync, for both */
+    as_queue(s, &c, 11, &seq);
+    ck_assert_int_lt(gd_wait_total(&c, 9), 10000);
+    gd_expect_groups(s, 7, 9);
+
+    /* a synchronous appender does not wait: it writes the gathered one too */
+    as_queue(s, &c, 12, &seq);
+    usleep(50 * 1000);
+    ck_assert_uint_eq(as_total(&c), 9);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    sp_append(s, 8, 13);
+    ck_assert_int_lt(gd_ms_since(&t0), 10000);
+    ck_assert_int_lt(gd_wait_total(&c, 10), 10000);
+    gd_expect_groups(s, 8, 11);
+
+    /* shutdown ends a wait and writes the record */
+    as_queue(s, &c, 14, &seq);
+    usleep(50 * 1000);
+    ck_assert_uint_eq(as_total(&c), 10);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    od_spool_shutdown(s);
+    ck_assert_int_lt(gd_ms_since(&t0), 10000);
+    ck_assert_uint_eq(as_total(&c), 11);
+    ck_assert_int_eq(c.bad_rc, 0);
+    od_spool_close(s);
+
+    /* the delay bounds the wait */
+    s = gd_open(300, 1);
+    ck_assert_uint_eq(sp_records(s), 12);
+    gd_concurrent(s, &c, 20);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    as_queue(s, &c, 22, &seq);
+    ck_assert_int_lt(gd_wait_total(&c, 14), 10000);
+    ck_assert_int_ge(gd_ms_since(&t0), 300);
+    gd_expect_groups(s, 2, 3);
+    od_spool_close(s);
+
+    /* without sync there is no fdatasync to share: no waiting */
+    s = gd_open(60000, 0);
+    gd_concurrent(s, &c, 30);
+    as_queue(s, &c, 32, &seq);
+    ck_assert_int_lt(gd_wait_total(&c, 17), 10000);
+    ck_assert_int_eq(c.bad_rc, 0);
+    ck_assert_uint_eq(sp_records(s), 18);
+    od_spool_close(s);
+    pthread_mutex_destroy(&c.mu);
+}
+END_TEST
+
 /* ---- in-memory copies (the *_obj appends) ---- */
 
 /* An object standing for a parsed record: which record, and a count of
@@ -1577,6 +1708,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, test_requeue);
     tcase_add_test(tc, test_wakeup);
     tcase_add_test(tc, test_shutdown);
+    tcase_add_test(tc, test_group_delay);
     tcase_add_test(tc, test_lock);
     tcase_add_test(tc, test_async_append);
     tcase_add_test(tc, test_deferred_flush);

@@ -16,7 +16,7 @@
 # (the 202 waits for a group commit), not what the pipeline can process;
 # 256 keep the pipeline busy, and CONNS=64 still measures the other.
 # Knobs (defaults): N [100000]  CONNS [256]  WRK_THREADS [2]  LIMIT [300] s
-#   HTTP_THREADS [2]  WORKERS [2]  BATCH [1024]  QUEUE [4096]
+#   HTTP_THREADS [2]  WORKERS [2]  BATCH [1024]  QUEUE [4096]  GROUP_DELAY [1ms] (spool)
 #   SQLITE_SYNC [full]  CHECKPOINT [32MiB] (sqlite checkpoint_size)  SYNC [true] (spool)  PROJECTIONS [1]
 #   PERF=1  record `perf record` (PERF_ARGS [-g]) of orderd from the first POST
 #           until everything is stored and delivered, into $PERF_OUT [./e2e.perf.data]
@@ -25,6 +25,7 @@ NAME=e2e.sh
 N=${N:-100000} CONNS=${CONNS:-256} WRK_THREADS=${WRK_THREADS:-2} LIMIT=${LIMIT:-300}
 HTTP_THREADS=${HTTP_THREADS:-2} WORKERS=${WORKERS:-2} BATCH=${BATCH:-1024} QUEUE=${QUEUE:-4096}
 SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB} SYNC=${SYNC:-true} PROJECTIONS=${PROJECTIONS:-1}
+GROUP_DELAY=${GROUP_DELAY:-1ms}
 
 HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
 METRICS=http://127.0.0.1:$ADMIN_PORT/metrics
@@ -73,7 +74,7 @@ pipelines = (
   { name = "orders";
     input = { plugin = "http"; listen = "127.0.0.1:$OD_PORT"; schema = "$SCHEMA";
               max_body = "1MiB"; threads = $HTTP_THREADS; };
-    spool = { max_bytes = "1GiB"; sync = $SYNC; };
+    spool = { max_bytes = "1GiB"; sync = $SYNC; group_delay = "$GROUP_DELAY"; };
     transforms = ( { plugin = "orders"; } );
     store = { plugin = "sqlite"; path = "orders.db"; synchronous = "$SQLITE_SYNC"; checkpoint_size = "$CHECKPOINT"; };
     publish = ( { plugin = "webhook"; format = "cloudevents"; source = "/orderd/orders";
@@ -91,7 +92,7 @@ echo "# orderd end-to-end benchmark"
 $U machine
 echo "build: $BUILD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo "command: N=$N wrk -t $WRK_THREADS -c $CONNS -s post.lua, stopped at N accepted (408-byte orders, unique ids)"
-echo "orderd: http threads=$HTTP_THREADS spool sync=$SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC checkpoint_size=$CHECKPOINT projections=$PROJECTIONS"
+echo "orderd: http threads=$HTTP_THREADS spool sync=$SYNC group_delay=$GROUP_DELAY workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC checkpoint_size=$CHECKPOINT projections=$PROJECTIONS"
 echo
 
 DB=$T/state/orders.db

@@ -13,6 +13,7 @@
 #                       processing while intake is measured;
 #                       intake: http -> durable spool only (no stages after)
 #   HTTP_THREADS [2]  (the shipped value; http `threads`)  SYNC [true] (spool sync)
+#   GROUP_DELAY [1ms]  (spool group_delay, the shipped value; 0: no gathering)
 #   WORKERS [2]  BATCH [1024]  QUEUE [4096]  SQLITE_SYNC [full]  CHECKPOINT [32MiB]
 #   PERF=1  record `perf record` (PERF_ARGS [-g]) of orderd during the run into $PERF_OUT
 #           [./intake.perf.data]
@@ -27,7 +28,7 @@
 NAME=intake.sh
 . "$(dirname "$0")/benchlib.sh"
 DURATION=${DURATION:-15s} CONNS=${CONNS:-64} WRK_THREADS=${WRK_THREADS:-2} WARMUP=${WARMUP:-3s}
-PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-2} SYNC=${SYNC:-true}
+PIPELINE=${PIPELINE:-shipped} HTTP_THREADS=${HTTP_THREADS:-2} SYNC=${SYNC:-true} GROUP_DELAY=${GROUP_DELAY:-1ms}
 WORKERS=${WORKERS:-2} BATCH=${BATCH:-1024} QUEUE=${QUEUE:-4096} SQLITE_SYNC=${SQLITE_SYNC:-full} CHECKPOINT=${CHECKPOINT:-32MiB}
 
 NGX_PORT=$($U free-port) HOOK_PORT=$($U free-port) OD_PORT=$($U free-port) ADMIN_PORT=$($U free-port)
@@ -77,7 +78,7 @@ pipelines = ( {
     name = "orders";
     input = { plugin = "http"; listen = "127.0.0.1:$OD_PORT"; schema = "$SCHEMA";
               max_body = "1MiB"; threads = $HTTP_THREADS; };
-    spool = { max_bytes = "4GiB"; sync = $SYNC; };
+    spool = { max_bytes = "4GiB"; sync = $SYNC; group_delay = "$GROUP_DELAY"; };
     $STAGES
 } );
 EOF
@@ -124,7 +125,7 @@ echo "# orderd intake benchmark"
 $U machine
 echo "build: $BUILD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo "command: wrk -t $WRK_THREADS -c $CONNS -d $DURATION --latency -s post.lua (408-byte order, unique id per request)"
-echo "orderd: pipeline=$PIPELINE http threads=$HTTP_THREADS spool sync=$SYNC workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC checkpoint_size=$CHECKPOINT"
+echo "orderd: pipeline=$PIPELINE http threads=$HTTP_THREADS spool sync=$SYNC group_delay=$GROUP_DELAY workers=$WORKERS batch.max=$BATCH queue_size=$QUEUE sqlite synchronous=$SQLITE_SYNC checkpoint_size=$CHECKPOINT"
 echo
 
 run_wrk nginx "$NGX_PORT"

@@ -9,7 +9,7 @@
 e2e_conf
 start_receiver sub
 e2e_subscribers sub:30
-sed -i -e 's/spool = { max_bytes = "1GiB"; sync = true; };/spool = { max_bytes = "64KiB"; segment_bytes = "16KiB"; sync = true; };/' \
+sed -i -e 's/spool = { max_bytes = "1GiB"; sync = true; group_delay = "1ms"; };/spool = { max_bytes = "64KiB"; segment_bytes = "16KiB"; sync = true; group_delay = "1ms"; };/' \
        -e 's/{ plugin = "orders"; }  /{ plugin = "orders"; }, { plugin = "testkit"; name = "slow"; sleep = "50ms"; }  /' "$ETC/orderd.conf"
 check "variant: tiny spool and a slow stage" \
     [ "$(grep -c 'max_bytes = "64KiB"; segment_bytes = "16KiB"\|name = "slow"; sleep = "50ms"' "$ETC/orderd.conf")" -eq 2 ]
