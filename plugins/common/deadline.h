@@ -1,12 +1,22 @@
-/* deadline.h - "ms milliseconds from now" as an absolute CLOCK_MONOTONIC
- * time, for pthread_cond_timedwait() on condition variables set to that
- * clock (pthread_condattr_setclock).  Header only: the core and the plugins
- * that wait on timers include it. */
+/* deadline.h - CLOCK_MONOTONIC for timers: milliseconds now, and "ms
+ * milliseconds from now" as an absolute time for pthread_cond_timedwait()
+ * on condition variables set to that clock (pthread_condattr_setclock).
+ * Header only: the core and the plugins that keep time include it. */
 #ifndef DEADLINE_H
 #define DEADLINE_H
 
 #include <stdint.h>
 #include <time.h>
+
+/* Monotonic milliseconds (since boot): for intervals, never for dates. */
+static inline int64_t
+mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static inline struct timespec
 deadline_after_ms(int64_t ms)

@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "../common/deadline.h"
 #include "cosmos.h"
 
 /* Refetch a token this long before it expires, and a token whose expiry we
@@ -32,15 +33,6 @@
 #define COS_TOKEN_MARGIN_MS   (5 * 60 * 1000)
 #define COS_TOKEN_DEFAULT_MS  (30 * 60 * 1000)
 #define COS_TOKEN_FILE_RECHECK_MS 1000
-
-int64_t
-cos_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int64_t
 cos_wall_ms(void)
@@ -263,7 +255,7 @@ cos_tok_fetch_url(struct cos_token *t, char *err, size_t errlen)
         exp = cos_wall_ms() + (json_is_string(v) ? strtoll(json_string_value(v), NULL, 10)
                                                  : (int64_t) json_integer_value(v)) * 1000;
     t->expires_ms = exp;
-    t->fetched_ms = cos_mono_ms();
+    t->fetched_ms = mono_ms();
     rc = 0;
 out:
     json_decref(j);
@@ -285,7 +277,7 @@ cos_tok_read_file(struct cos_token *t, char *err, size_t errlen)
         snprintf(err, errlen, "token file %s: %s", t->file, strerror(errno));
         return -errno;
     }
-    t->fetched_ms = cos_mono_ms();
+    t->fetched_ms = mono_ms();
     if (t->token != NULL && sb.st_mtime == t->file_mtime)
         return 0;
     f = fopen(t->file, "r");
@@ -315,7 +307,7 @@ cos_tok_read_file(struct cos_token *t, char *err, size_t errlen)
 char *
 cos_token_get(struct cos_token *t, char *err, size_t errlen)
 {
-    int64_t now = cos_mono_ms();
+    int64_t now = mono_ms();
     char *copy = NULL;
     int stale, rc = 0;
 

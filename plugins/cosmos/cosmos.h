@@ -121,7 +121,6 @@ extern const orderd_option cos_feed_options[];
 int cos_client_from_conf(struct cos_client *c, orderd_inst *inst, const orderd_host *h,
                          const json_t *conf);
 
-int64_t cos_mono_ms(void);
 int64_t cos_wall_ms(void);
 
 extern const orderd_stage cos_store_stage;

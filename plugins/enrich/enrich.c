@@ -36,6 +36,8 @@
 #include <curl/curl.h>
 #include <orderd/plugin.h>
 
+#include "../common/deadline.h"
+
 #define ENR_MAX_RESPONSE (1024 * 1024)   /* partner answers are small records */
 
 struct enr_state {
@@ -89,14 +91,6 @@ static const orderd_option enr_options[] = {
       .help = "how long an open breaker answers RETRY without calling the partner" },
     { .key = NULL }
 };
-
-static int64_t enr_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void enr_destroy(void *state)
 {
@@ -354,7 +348,7 @@ static void enr_cache_put(struct enr_state *st, const char *value, json_t *doc, 
 static orderd_outcome enr_partner(struct enr_state *st, const char *value, json_t **doc,
                                   uint32_t *retry_ms, char *err, size_t errlen)
 {
-    int64_t now = enr_now_ms();
+    int64_t now = mono_ms();
     int rc, was_trial = 0;
 
     *doc = NULL;
@@ -380,7 +374,7 @@ static orderd_outcome enr_partner(struct enr_state *st, const char *value, json_
 
     st->host->metric_add(st->inst, "partner_requests", 1);
     rc = enr_fetch(st, value, doc, err, errlen);
-    now = enr_now_ms();
+    now = mono_ms();
 
     pthread_mutex_lock(&st->lock);
     if (was_trial)

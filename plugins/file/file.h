@@ -32,13 +32,4 @@ file_write_all(int fd, const char *p, size_t len)
     return 0;
 }
 
-static inline int64_t
-file_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 #endif

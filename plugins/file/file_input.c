@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/deadline.h"
 #include "../common/lowmark.h"
 #include "file.h"
 
@@ -137,7 +138,7 @@ fi_commit(struct fi *fi, int force)
         return 0;
 
     pthread_mutex_lock(&fi->mtx);
-    int64_t now = file_mono_ms();
+    int64_t now = mono_ms();
     if (!force && now - fi->last_commit_ms < fi->commit_ms) {
         pthread_mutex_unlock(&fi->mtx);
         goto out;
@@ -779,7 +780,7 @@ fi_ack(void *state, orderd_msg *m, orderd_outcome outcome, const char *reason)
     pthread_mutex_lock(&fi->mtx);
     /* A line of a file since replaced is no longer in flight: ignored. */
     lowmark_ack(&fi->lm, ticket);
-    int due = file_mono_ms() - fi->last_commit_ms >= fi->commit_ms;
+    int due = mono_ms() - fi->last_commit_ms >= fi->commit_ms;
     pthread_mutex_unlock(&fi->mtx);
     if (due)
         fi_commit(fi, 0);

@@ -135,7 +135,7 @@ fp_write(struct fp *fp, const struct jenc_buf *b)
         goto out;
     }
     fp->dirty = 1;
-    int64_t now = file_mono_ms();
+    int64_t now = mono_ms();
     if (fp->mode == FP_ALWAYS
         || (fp->mode == FP_INTERVAL && now - fp->last_sync_ms >= fp->interval_ms)) {
         if (fdatasync(fp->fd) < 0) {
@@ -162,7 +162,7 @@ fp_timer(void *arg)
     while (!fp->stopping) {
         ts = deadline_after_ms(fp->interval_ms);
         pthread_cond_timedwait(&fp->cond, &fp->mtx, &ts);
-        int64_t now = file_mono_ms();
+        int64_t now = mono_ms();
         if (fp->dirty && now - fp->last_sync_ms >= fp->interval_ms) {
             if (fdatasync(fp->fd) < 0)
                 fp->h->log(fp->inst, ORDERD_LOG_ERR, "fdatasync %s: %s", fp->path, strerror(errno));
@@ -286,7 +286,7 @@ fp_create(orderd_inst *inst, const orderd_host *h, const json_t *conf, void **st
         h->log(inst, ORDERD_LOG_ERR, "cannot open %s: %s", fp->path, strerror(errno));
         goto fail;
     }
-    fp->last_sync_ms = file_mono_ms();
+    fp->last_sync_ms = mono_ms();
     if (fp->mode == FP_INTERVAL) {
         rc = -pthread_create(&fp->timer, NULL, fp_timer, fp);
         if (rc < 0) {

@@ -64,6 +64,7 @@
 #include <jansson.h>
 #include <orderd/plugin.h>
 
+#include "../common/deadline.h"
 #include "../common/jsondec.h"
 #include "../common/jsonenc.h"
 #include "idem.h"
@@ -808,14 +809,6 @@ static hp_ret hp_answer(struct hp *h, struct MHD_Connection *c, enum hp_route ro
 
 /* ---- POST: asynchronous submits (tickets) ------------------------------ */
 
-static int64_t hp_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void hp_timedwait(struct hp *h, int64_t until_ms)
 {
     struct timespec ts = { .tv_sec = until_ms / 1000, .tv_nsec = (until_ms % 1000) * 1000000 };
@@ -958,7 +951,7 @@ static void *hp_reaper(void *arg)
             pthread_cond_wait(&h->tk_cond, &h->tk_lock);
             continue;
         }
-        if (t->deadline_ms > hp_now_ms()) {
+        if (t->deadline_ms > mono_ms()) {
             hp_timedwait(h, t->deadline_ms);
             continue;
         }
@@ -1002,7 +995,7 @@ static hp_ret hp_submit_async(struct hp *h, struct MHD_Connection *c, struct hp_
         goto fail;
     }
     if (h->processed) {
-        t->deadline_ms = hp_now_ms() + h->ack_timeout_ms;
+        t->deadline_ms = mono_ms() + h->ack_timeout_ms;
         /* Suspend first: done() may resume before submit_async() returns. */
         t->suspended = true;
         MHD_suspend_connection(c);
@@ -2163,12 +2156,12 @@ static int hp_start(void *state)
  * WAITING, and no resume call still under way when this returns. */
 static void hp_stop_tickets(struct hp *h)
 {
-    int64_t until = hp_now_ms() + HP_STOP_GRACE_MS;
+    int64_t until = mono_ms() + HP_STOP_GRACE_MS;
     unsigned answered = 0;
 
     pthread_mutex_lock(&h->tk_lock);
     h->tk_closed = true;
-    while (h->tk_head != NULL && hp_now_ms() < until)
+    while (h->tk_head != NULL && mono_ms() < until)
         hp_timedwait(h, until);
     while (h->tk_head != NULL) {
         struct hp_result r = { .why = HP_TK_SHUTDOWN };
@@ -2182,8 +2175,8 @@ static void hp_stop_tickets(struct hp *h)
     }
     while (h->tk_resuming > 0)
         pthread_cond_wait(&h->tk_cond, &h->tk_lock);
-    until = hp_now_ms() + HP_FLUSH_MS;
-    while (h->tk_requests > 0 && hp_now_ms() < until)
+    until = mono_ms() + HP_FLUSH_MS;
+    while (h->tk_requests > 0 && mono_ms() < until)
         hp_timedwait(h, until);
     h->reaper_quit = true;
     pthread_cond_broadcast(&h->tk_cond);

@@ -29,6 +29,7 @@
 #include <librdkafka/rdkafka.h>
 #include <orderd/plugin.h>
 
+#include "../common/deadline.h"
 #include "../common/lowmark.h"
 
 enum kf_id_from { KF_ID_OFFSET, KF_ID_KEY, KF_ID_HEADER };
@@ -131,15 +132,6 @@ static const char *const kf_reserved[] = {
 };
 
 static void kf_destroy(void *state);
-
-static int64_t
-kf_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- tracking (under lock) ---- */
 
@@ -742,9 +734,9 @@ kf_run(void *arg)
             }
         }
         kf_flow(k);
-        if (kf_mono_ms() >= k->commit_at) {
+        if (mono_ms() >= k->commit_at) {
             kf_commit(k, NULL, 0);
-            k->commit_at = kf_mono_ms() + k->commit_ms;
+            k->commit_at = mono_ms() + k->commit_ms;
         }
     }
     return NULL;
@@ -772,7 +764,7 @@ kf_start(void *state)
     pthread_mutex_lock(&k->lock);
     k->stopping = 0;
     pthread_mutex_unlock(&k->lock);
-    k->commit_at = kf_mono_ms() + k->commit_ms;
+    k->commit_at = mono_ms() + k->commit_ms;
     ret = pthread_create(&k->thread, NULL, kf_run, k);
     if (ret != 0) {
         k->h->log(k->inst, ORDERD_LOG_ERR, "kafka: cannot start the consumer thread: %s",

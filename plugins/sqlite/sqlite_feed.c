@@ -95,15 +95,6 @@ static const orderd_option sqf_options[] = {
 
 static void sqf_destroy(void *state);
 
-static int64_t
-sqf_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static char *
 sqf_col_dup(sqlite3_stmt *st, int col)
 {
@@ -146,7 +137,7 @@ sqf_cursor_write(struct sqf *f, int64_t seq)
 static void
 sqf_commit(struct sqf *f, int force)
 {
-    int64_t acked, now = sqf_mono_ms();
+    int64_t acked, now = mono_ms();
 
     if (!force && now < f->commit_at)
         return;
@@ -430,7 +421,7 @@ sqf_run(void *arg)
         sqf_commit(f, 0);
         if (failed || n < f->batch) {
             /* caught up (or backing off): sleep, but wake for a due commit */
-            idle_ms = f->commit_at - sqf_mono_ms();
+            idle_ms = f->commit_at - mono_ms();
             if (idle_ms > f->poll_ms || idle_ms < 1)
                 idle_ms = f->poll_ms;
             if (f->tail != NULL && !failed)
@@ -455,7 +446,7 @@ sqf_start(void *state)
     pthread_mutex_lock(&f->lock);
     f->stopping = 0;
     pthread_mutex_unlock(&f->lock);
-    f->commit_at = sqf_mono_ms() + f->commit_ms;
+    f->commit_at = mono_ms() + f->commit_ms;
     sq_tail_feed(f->tail, 1);
     ret = pthread_create(&f->thread, NULL, sqf_run, f);
     if (ret != 0) {

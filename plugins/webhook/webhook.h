@@ -164,6 +164,5 @@ int  wh_deliver_start(struct wh_sub *s);
 void wh_deliver_stop(struct wh_sub *s);   /* joins; call after setting wp->stopping */
 
 int64_t wh_now_ms(void);
-int64_t wh_mono_ms(void);
 
 #endif

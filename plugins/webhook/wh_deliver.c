@@ -54,15 +54,6 @@ wh_now_ms(void)
     return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t
-wh_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static uint64_t
 wh_rand(struct wh_conn *c)
 {
@@ -138,7 +129,7 @@ wh_conn_init(struct wh_conn *c, struct wh_sub *s)
     struct wh_plugin *wp = s->wp;
 
     memset(c, 0, sizeof(*c));
-    c->rng = (uint64_t) wh_mono_ms() ^ ((uint64_t) (uintptr_t) s << 16) ^ 0x9e3779b97f4a7c15ULL;
+    c->rng = (uint64_t) mono_ms() ^ ((uint64_t) (uintptr_t) s << 16) ^ 0x9e3779b97f4a7c15ULL;
     c->multi = curl_multi_init();
     c->easy = curl_easy_init();
     if (c->multi == NULL || c->easy == NULL)
