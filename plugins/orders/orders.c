@@ -567,7 +567,7 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
     json_t *body = peek ? (json_t *)h->msg_body_peek(m) : h->msg_body(m);
     json_t *snap = NULL, *stored = NULL, *event = NULL, *data;
     json_int_t version = 0;
-    char evt_id[37], now[32], *key, *text = NULL;
+    char evt_id[37], now[32] = "", *key, *text = NULL;
     size_t text_len = 0;
     orderd_outcome out;
     size_t i;
@@ -664,7 +664,8 @@ static orderd_outcome ord_process(void *state, orderd_msg *m)
         goto done;
     }
 
-    ord_now(now);
+    if (now[0] == '\0')     /* not already taken for the text path above */
+        ord_now(now);
     /* The event's "data" shares the command body instead of copying it: it
      * is never modified (the snapshot field below gets its own copy), and
      * the body it came from is replaced by the event in ord_emit(). */
