@@ -73,6 +73,9 @@ static const orderd_option admin_options[] = {
     { .key = NULL }
 };
 
+/* spool.group_delay: every concurrent request may wait this long. */
+#define OD_GROUP_DELAY_MAX_MS 1000
+
 static const orderd_option spool_options[] = {
     { .key = "path", .type = ORDERD_T_PATH, .flags = ORDERD_OPT_STATE,
       .help = "spool directory (default: spool/<pipeline> in the state directory)" },
@@ -83,7 +86,7 @@ static const orderd_option spool_options[] = {
     { .key = "sync", .type = ORDERD_T_BOOL, .def = "true",
       .help = "fdatasync before an input is told a message is accepted (group commit); the segment being written is then zero-filled ahead of its records, so that fdatasync overwrites allocated blocks instead of growing the file (a segment file takes segment_bytes on disk before it is full)" },
     { .key = "group_delay", .type = ORDERD_T_DURATION, .def = "1ms",
-      .help = "with sync, while messages arrive concurrently (the last group commit held more than one), how long a group may wait for as many messages as the last one held before its fdatasync: fewer, larger commits for a little latency; 0 writes at once. A lone client never waits. Applies to the event-driven HTTP input (http threads > 0)" },
+      .help = "with sync, while messages arrive concurrently (the last group commit held more than one), how long a group may wait for as many messages as the last one held before its fdatasync: fewer, larger commits for a little latency; 0 writes at once, at most 1s. A lone client never waits. Applies to the event-driven HTTP input (http threads > 0)" },
     { .key = NULL }
 };
 
@@ -838,6 +841,13 @@ static int check_pipeline(struct walk *w, struct od_registry *reg, const config_
             WERR(w, config_setting_get_member(grp, "retry"), "retry.max_attempts must be at least 1");
         if (pc->batch.max < 1)
             WERR(w, config_setting_get_member(grp, "batch"), "batch.max must be at least 1");
+        if (pc->spool != NULL &&
+            json_integer_value(json_object_get(pc->spool, "group_delay")) > OD_GROUP_DELAY_MAX_MS) {
+            config_setting_t *sp = config_setting_get_member(grp, "spool");
+            WERR(w, config_setting_get_member(sp, "group_delay"),
+                 "spool.group_delay must be at most %dms: concurrent requests may each wait "
+                 "this long for their group commit", OD_GROUP_DELAY_MAX_MS);
+        }
     }
 
     s = config_setting_get_member(grp, "input");

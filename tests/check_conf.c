@@ -127,7 +127,20 @@ START_TEST(pipeline_overrides_and_spool_defaults)
     ck_assert_int_eq(json_integer_value(json_object_get(c->pipelines[0].spool, "max_bytes")),
                      10 * 1024 * 1024);
     ck_assert_str_eq(json_string_value(json_object_get(c->pipelines[0].spool, "path")), "/tmp/x/spool/a");
+    ck_assert_int_eq(json_integer_value(json_object_get(c->pipelines[0].spool, "group_delay")), 1);
     ck_assert_ptr_null(c->pipelines[1].spool);
+    free(errs);
+    od_conf_free(c);
+
+    /* group_delay: a duration, at most a second */
+    ck_assert_uint_eq(load_text(
+        "pipelines = ( { name = \"a\"; input = { plugin = \"testkit\"; };\n"
+        "  spool = { group_delay = \"250ms\"; }; },\n"
+        "  { name = \"b\"; input = { plugin = \"testkit\"; };\n"
+        "  spool = {\n"
+        "    group_delay = \"2s\"; }; } );\n", &c, &errs), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(c->pipelines[0].spool, "group_delay")), 250);
+    ASSERT_HAS(errs, "test.conf:5: spool.group_delay must be at most 1000ms");
     free(errs);
     od_conf_free(c);
 }
