@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../plugins/common/deadline.h"
 #include "admin.h"
 #include "api.h"
 #include "conf.h"
@@ -268,7 +269,7 @@ static int pipelines_start(struct od_running *r)
 
 static void pipelines_stop(struct od_running *r, int64_t timeout_ms)
 {
-    int64_t deadline = od_mono_ms() + timeout_ms;
+    int64_t deadline = mono_ms() + timeout_ms;
 
     for (size_t i = 0; i < r->npipes; i++)
         od_pipe_stop_input(r->pipes[i]);
@@ -396,7 +397,7 @@ static int run(const char *path, const struct od_conf_overrides *ov)
         int sig;
 
         if (watchdog_ms > 0) {
-            int64_t now = od_mono_ms();
+            int64_t now = mono_ms();
             if (now >= next_dog) {
                 od_sd_notify("WATCHDOG=1");
                 next_dog = now + watchdog_ms;

@@ -371,7 +371,7 @@ static void dead_letter(struct od_pipe *p, orderd_msg *m, const char *stage, con
         od_logf(ORDERD_LOG_ERR, p->pc->name, stage, NULL,
                 "message %s: cannot write dead letter; will try again in 5s", m->id);
         m->stage = 0;
-        reschedule(p, m, od_mono_ms() + 5000);
+        reschedule(p, m, mono_ms() + 5000);
         return;
     }
     od_logf(ORDERD_LOG_WARN, p->pc->name, stage, NULL, "message %s dead-lettered: %s", m->id, reason);
@@ -408,7 +408,7 @@ static void abandon(struct od_pipe *p, orderd_msg *m, const char *stage)
     m->delivery_count++;
     m->stage = 0;
     m->attempts = 0;
-    reschedule(p, m, od_mono_ms() + r->redeliver_delay_ms);
+    reschedule(p, m, mono_ms() + r->redeliver_delay_ms);
 }
 
 /*
@@ -444,7 +444,7 @@ static int route(struct od_pipe *p, struct orderd_inst *st, orderd_msg *m, order
         od_logf(ORDERD_LOG_DEBUG, p->pc->name, inst_name(st), NULL,
                 "message %s: retry %u in %lld ms: %s", m->id, m->attempts, (long long)delay,
                 m->reason ? m->reason : "");
-        reschedule(p, m, od_mono_ms() + delay);
+        reschedule(p, m, mono_ms() + delay);
         return 0;
     }
     case ORDERD_REJECT:
@@ -600,7 +600,7 @@ static void process_batch(struct od_pipe *p, orderd_msg **batch, size_t n,
 /* Move due retries into the ready queue; return ms until the next one (-1: none). */
 static int64_t promote_due(struct od_pipe *p)
 {
-    int64_t now = od_mono_ms();
+    int64_t now = mono_ms();
 
     while (p->nheap > 0 && p->heap[0]->due_ms <= now)
         ready_push(p, heap_pop(p));
@@ -1287,7 +1287,7 @@ size_t od_pipe_drain(struct od_pipe *p, int64_t deadline_ms)
 
     pthread_mutex_lock(&p->mu);
     while (p->in_flight > 0) {
-        int64_t now = od_mono_ms();
+        int64_t now = mono_ms();
         if (now >= deadline_ms)
             break;
         /* Retries due after the deadline would only hold us up: run them now. */

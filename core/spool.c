@@ -1022,14 +1022,13 @@ static void spool_lead(struct od_spool *s)
     if (rc == 0)
         rc = spool_write_batch(g->fd, batch, base);
     if (rc == 0 && s->sync) {
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int64_t t0 = od_mono_ns();
+
         if (fdatasync(g->fd) < 0) {
             rc = -EIO;
             sync_failed = true;
         }
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        sync_ns = (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
+        sync_ns = (uint64_t)(od_mono_ns() - t0);
     }
 
     pthread_mutex_lock(&s->mu);

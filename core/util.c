@@ -30,11 +30,6 @@ int64_t od_mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int64_t od_mono_ms(void)
-{
-    return od_mono_ns() / 1000000;
-}
-
 /* Parse "<digits><unit>" where the unit's multiplier comes from table. */
 struct od_unit {
     const char *suffix;

@@ -8,8 +8,8 @@
 #define OD_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 int64_t od_now_ms(void);        /* wall clock, Unix epoch milliseconds */
-int64_t od_mono_ms(void);       /* monotonic milliseconds */
-int64_t od_mono_ns(void);       /* monotonic nanoseconds */
+int64_t od_mono_ns(void);       /* monotonic nanoseconds (milliseconds: mono_ms(),
+                                 * plugins/common/deadline.h) */
 
 /* "250ms", "30s", "5m", "2h", "1d" (and "0") -> milliseconds.  0 or -EINVAL. */
 int od_parse_duration(const char *s, int64_t *ms);

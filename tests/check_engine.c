@@ -19,6 +19,7 @@
 #include "msg.h"
 #include "pipe.h"
 #include "util.h"
+#include "../plugins/common/deadline.h"
 #include "../plugins/common/jsondec.h"
 #include "../plugins/common/jsonenc.h"
 
@@ -59,7 +60,7 @@ static void start(struct run *r, const char *pipeline_body)
 static void stop_pipe(struct run *r, int64_t drain_ms)
 {
     od_pipe_stop_input(r->pipe);
-    od_pipe_drain(r->pipe, od_mono_ms() + drain_ms);
+    od_pipe_drain(r->pipe, mono_ms() + drain_ms);
     od_pipes_set_current(NULL, 0);
     od_pipe_destroy(r->pipe);
     r->pipe = NULL;
