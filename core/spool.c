@@ -52,9 +52,9 @@
  * each wait for their own record's fdatasync anyway, so waiting for the
  * ones about to arrive costs little latency and saves fdatasyncs, each of
  * which costs CPU (a virtual disk's kick and interrupt) and a wake-up of
- * every thread involved: with 64 HTTP clients a group grew from ~14 to ~59
- * records, the writer's CPU per record fell from ~5 to ~2 us and the daemon's
- * from ~26 to ~20 us (tests/bench/README.md, tenth pass).  A lone client's
+ * every thread involved: with 64 HTTP clients a group grew from ~14 to ~60
+ * records and the daemon's CPU per request fell from ~26 to ~21 us
+ * (tests/bench/intake.sh; tests/bench/README.md, tenth pass).  A lone client's
  * groups hold one record: nothing to wait for.  Synchronous appenders and
  * flushers still lead at once (taking the gathered records along), and
  * shutdown ends the wait.
